@@ -1,0 +1,305 @@
+//! The admin and health HTTP servers.
+//!
+//! Admin port (`listen.admin`, loopback by default), reads and mutations:
+//! - `GET /` lists the endpoints.
+//! - `GET /live` 200 while the process runs.
+//! - `GET /ready` 200 once the target's name server answered once, else 503.
+//! - `GET /route` the pod's target, generation and upstream health (JSON).
+//! - `PUT /route` `{"target":"old"|"new"}` switches (idempotent); 400 with a reason for
+//!   anything invalid, the running state unchanged.
+//! - `GET /listeners` upstream broker address to local listener mappings.
+//!
+//! Health port (`listen.health`, reachable by the kubelet and Prometheus), read-only:
+//! `GET /live`, `GET /ready`, `GET /route`. Mutations answer 405 there.
+//!
+//! Mutations are accepted from loopback peers only, or, when `admin.token_file` is set,
+//! from any peer that sends `Authorization: Bearer <token>` (loopback then needs it too).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, Target};
+use crate::health::Health;
+use crate::proxy::listeners::ListenerRegistry;
+use crate::proxy::RelayContext;
+use crate::routing::{RouteSwitch, SwitchError};
+
+/// Largest accepted request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Which server a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Admin: reads and mutations.
+    Admin,
+    /// Health: read-only.
+    Health,
+}
+
+/// State the HTTP handlers read and change.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Configuration (for cluster details).
+    pub config: Arc<Config>,
+    /// The pod's route.
+    pub route: Arc<RouteSwitch>,
+    /// Readiness and upstream health.
+    pub health: Arc<Health>,
+    /// Broker listeners.
+    pub listeners: Arc<ListenerRegistry>,
+    /// Clusters and connections.
+    pub ctx: Arc<RelayContext>,
+    /// Token file for mutations, if configured.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteUpdate {
+    target: String,
+}
+
+/// Serves HTTP/1.1 on `listener` forever.
+pub async fn serve(state: Arc<AdminState>, listener: TcpListener, port: Port) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, port, peer, req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+/// Routes one request.
+pub async fn handle(
+    state: &AdminState,
+    port: Port,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match (port, &method, path.as_str()) {
+        (_, &Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (_, &Method::GET, "/ready") => {
+            if state.health.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the target cluster's name server has not answered yet\n",
+                )
+            }
+        }
+        (_, &Method::GET, "/route") => json_response(StatusCode::OK, route_json(state)),
+        (Port::Admin, &Method::GET, "/") => json_response(StatusCode::OK, index_json()),
+        (Port::Admin, &Method::GET, "/listeners") => json_response(
+            StatusCode::OK,
+            json!({ "listeners": state.listeners.mappings() }),
+        ),
+        (Port::Admin, &Method::PUT, "/route") | (Port::Admin, &Method::POST, "/route") => {
+            if let Some(refusal) = authorize(state, peer, &req) {
+                return refusal;
+            }
+            put_route(state, peer, req).await
+        }
+        (Port::Health, m, "/route") if m != Method::GET => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the health port is read-only; send mutations to the admin port",
+        ),
+        (_, _, "/live" | "/ready" | "/route" | "/listeners" | "/") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("no endpoint {path}; GET / on the admin port lists them"),
+        ),
+    }
+}
+
+async fn put_route(
+    state: &AdminState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+            )
+        }
+    };
+    let update: RouteUpdate = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!(%peer, reason = %e, "route switch refused: invalid body");
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be JSON like {{\"target\":\"new\"}}: {e}"),
+            );
+        }
+    };
+    let Some(target) = Target::parse(&update.target) else {
+        tracing::info!(%peer, target = %update.target, "route switch refused: unknown target");
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("unknown target '{}'; use \"old\" or \"new\"", update.target),
+        );
+    };
+    match state.route.switch(target) {
+        Ok((now, changed)) => {
+            if changed {
+                tracing::info!(%peer, target = %now.target, generation = now.generation, "route switched; the app moves at its next route poll");
+            } else {
+                tracing::info!(%peer, target = %now.target, "route switch requested: already there");
+            }
+            json_response(StatusCode::OK, route_json(state))
+        }
+        Err(e @ SwitchError::NotConfigured(_)) => {
+            tracing::info!(%peer, %target, reason = %e, "route switch refused");
+            error(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(e @ SwitchError::Persist { .. }) => {
+            tracing::error!(%peer, %target, reason = %e, "route switch failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+    }
+}
+
+/// `None` when the mutation may proceed, else the refusal to send.
+fn authorize(
+    state: &AdminState,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    match &state.token_file {
+        None if peer.ip().is_loopback() => None,
+        None => Some(error(
+            StatusCode::FORBIDDEN,
+            "mutations are accepted from loopback only (configure admin.token_file to allow others)",
+        )),
+        Some(path) => {
+            let expected = match std::fs::read_to_string(path) {
+                Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+                Ok(_) | Err(_) => {
+                    tracing::error!(path = %path.display(), "admin token file unreadable or empty; refusing mutations");
+                    return Some(error(StatusCode::FORBIDDEN, "admin token file unreadable or empty; mutations are refused"));
+                }
+            };
+            let given = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+                None
+            } else {
+                Some(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The `GET /route` document.
+pub fn route_json(state: &AdminState) -> serde_json::Value {
+    let now = state.route.current();
+    let cluster = |t: Target| {
+        let c = state.ctx.cluster(t);
+        json!({
+            "namesrv": c.namesrv.addrs(),
+            "preferred_namesrv": c.namesrv.preferred(),
+            "broker_name_prefix": state.config.cluster(t).broker_name_prefix,
+        })
+    };
+    json!({
+        "target": now.target,
+        "generation": now.generation,
+        "changed_at_ms": now.changed_at_ms,
+        "ready": state.health.is_ready(),
+        "last_route_answer": state.health.last_route_answer(),
+        "last_answer": state.health.last_answer(),
+        "last_failure": state.health.last_failure(),
+        "client_connections": state.ctx.conns.count(),
+        "clusters": { "old": cluster(Target::Old), "new": cluster(Target::New) },
+    })
+}
+
+fn index_json() -> serde_json::Value {
+    json!({
+        "endpoints": [
+            {"method": "GET", "path": "/", "about": "this list"},
+            {"method": "GET", "path": "/live", "about": "200 while the process runs"},
+            {"method": "GET", "path": "/ready", "about": "200 once the target's name server answered once"},
+            {"method": "GET", "path": "/route", "about": "target, generation, upstream health"},
+            {"method": "PUT", "path": "/route", "about": "switch: {\"target\":\"old\"|\"new\"}"},
+            {"method": "GET", "path": "/listeners", "about": "upstream broker -> local listener map"},
+        ]
+    })
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec_pretty(&value).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, json!({ "error": message }))
+}

@@ -1,0 +1,210 @@
+//! Wiring: bind every listener, restore persisted state, start the servers, probe the
+//! target's name servers for readiness, and drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState, Port};
+use crate::config::Config;
+use crate::health::Health;
+use crate::protocol::code::request;
+use crate::protocol::Header;
+use crate::proxy::listeners::{self, ListenerRegistry};
+use crate::proxy::namesrv::NameServerRole;
+use crate::proxy::{ConnTracker, RelayContext};
+use crate::routing::{LoadError, RouteSwitch};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Persisted route unreadable.
+    #[error(transparent)]
+    Route(#[from] LoadError),
+    /// Persisted listener map unreadable.
+    #[error("cannot restore broker listeners: {0}")]
+    Listeners(std::io::Error),
+}
+
+/// The sidecar, configured but not started.
+#[derive(Debug)]
+pub struct App {
+    config: Arc<Config>,
+}
+
+/// A started sidecar.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the name-server role listens.
+    pub namesrv_addr: SocketAddr,
+    /// Where the admin server listens.
+    pub admin_addr: SocketAddr,
+    /// Where the health server listens.
+    pub health_addr: SocketAddr,
+    /// The pod's route.
+    pub route: Arc<RouteSwitch>,
+    /// Readiness and upstream health.
+    pub health: Arc<Health>,
+    /// Broker listeners.
+    pub listeners: Arc<ListenerRegistry>,
+    /// Open client connections.
+    pub conns: ConnTracker,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+// === impl App ===
+
+impl App {
+    /// A sidecar for `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Binds every listener, restores persisted state and starts serving.
+    pub async fn start(self) -> Result<Running, StartError> {
+        let config = self.config;
+        let (route, restored) = RouteSwitch::load(&config)?;
+        let route = Arc::new(route);
+        if restored {
+            tracing::info!(target = %route.current().target, generation = route.current().generation, "route restored from the state dir");
+        }
+        let ctx = Arc::new(RelayContext::new(&config));
+        let listeners = Arc::new(ListenerRegistry::new(
+            ctx.clone(),
+            config.broker_bind,
+            config.broker_fallback_ports,
+            config.state_dir.clone(),
+        ));
+        // The app still dials the listeners it was given before a restart: re-open them
+        // before anything reports ready.
+        let n = listeners.restore().await.map_err(StartError::Listeners)?;
+        if n > 0 {
+            tracing::info!(count = n, "broker listeners restored");
+        }
+        let health = Arc::new(Health::default());
+
+        let bind = |addr: SocketAddr, what: &'static str| {
+            listeners::bind(addr).map_err(|source| StartError::Bind { addr, what, source })
+        };
+        let ns_listener = bind(config.namesrv_listen, "listen.namesrv")?;
+        let admin_listener = bind(config.admin_listen, "listen.admin")?;
+        let health_listener = bind(config.health_listen, "listen.health")?;
+        let local = |l: &TcpListener, fallback: SocketAddr| l.local_addr().unwrap_or(fallback);
+        let namesrv_addr = local(&ns_listener, config.namesrv_listen);
+        let admin_addr = local(&admin_listener, config.admin_listen);
+        let health_addr = local(&health_listener, config.health_listen);
+
+        let role = Arc::new(NameServerRole {
+            ctx: ctx.clone(),
+            listeners: listeners.clone(),
+            route: route.clone(),
+            health: health.clone(),
+        });
+        let admin_state = Arc::new(AdminState {
+            config: config.clone(),
+            route: route.clone(),
+            health: health.clone(),
+            listeners: listeners.clone(),
+            ctx: ctx.clone(),
+            token_file: config.admin_token_file.clone(),
+        });
+        let tasks = vec![
+            tokio::spawn(role.serve(ns_listener)),
+            tokio::spawn(admin::serve(
+                admin_state.clone(),
+                admin_listener,
+                Port::Admin,
+            )),
+            tokio::spawn(admin::serve(admin_state, health_listener, Port::Health)),
+            tokio::spawn(probe_until_ready(
+                ctx.clone(),
+                route.clone(),
+                health.clone(),
+            )),
+        ];
+        tracing::info!(
+            namesrv = %namesrv_addr,
+            admin = %admin_addr,
+            health = %health_addr,
+            broker_bind = %config.broker_bind,
+            target = %route.current().target,
+            "rmq-sidecar started"
+        );
+        Ok(Running {
+            namesrv_addr,
+            admin_addr,
+            health_addr,
+            route,
+            health,
+            listeners,
+            conns: ctx.conns.clone(),
+            tasks,
+        })
+    }
+}
+
+// === impl Running ===
+
+impl Running {
+    /// Waits until no client connection is open or `drain` has passed.
+    pub async fn drain(&self, drain: Duration) -> bool {
+        tokio::select! {
+            _ = self.conns.wait_idle() => true,
+            _ = tokio::time::sleep(drain) => false,
+        }
+    }
+
+    /// Stops the servers (open relays end with the runtime).
+    pub fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Asks the target's name servers for the default topic's route every second until one
+/// answers (any answer, including TOPIC_NOT_EXIST, proves the name server is there).
+async fn probe_until_ready(ctx: Arc<RelayContext>, route: Arc<RouteSwitch>, health: Arc<Health>) {
+    let mut header = Header::request(request::GET_ROUTEINFO_BY_TOPIC, 0);
+    header.set_ext("topic", "TBW102");
+    while !health.is_ready() {
+        let target = route.current().target;
+        match ctx.cluster(target).namesrv.call(&header, &[]).await {
+            Ok(Some(answer)) => {
+                health.answered(target, &answer.addr, 0);
+                if route.current().target == target {
+                    health.set_ready();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(%target, error = %e, "waiting for the target's name server");
+                health.failed(target, e.to_string());
+            }
+        }
+        if !health.is_ready() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}

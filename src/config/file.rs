@@ -1,0 +1,84 @@
+//! `ConfigFile`: the serde mirror of `config.toml`. Every key is optional here so that
+//! environment variables can fill or override it before validation names what is wrong.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Initial target cluster: "old" or "new".
+    pub target: Option<String>,
+    /// Directory for persisted state (target, listener map).
+    pub state_dir: Option<String>,
+    /// Longest drain after SIGTERM, in seconds.
+    pub drain_seconds: Option<u64>,
+    /// Largest accepted frame, length prefix included.
+    pub frame_max_bytes: Option<u64>,
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub log: Option<String>,
+    /// Log format: "text" or "json".
+    pub log_format: Option<String>,
+    /// Listen addresses.
+    pub listen: ListenFile,
+    /// Admin server settings.
+    pub admin: AdminFile,
+    /// Upstream timeouts.
+    pub upstream: UpstreamFile,
+    /// The two clusters.
+    pub clusters: ClustersFile,
+}
+
+/// `[listen]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenFile {
+    /// Name-server listener (the app's NAMESRV_ADDR).
+    pub namesrv: Option<String>,
+    /// Admin listener (reads and mutations).
+    pub admin: Option<String>,
+    /// Health/metrics listener (read-only; probes and Prometheus).
+    pub health: Option<String>,
+    /// Loopback IP or CIDR where per-broker listeners bind.
+    pub broker_bind: Option<String>,
+    /// Port range for broker listeners whose upstream port cannot be kept locally.
+    pub broker_fallback_ports: Option<String>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminFile {
+    /// File holding a bearer token that mutations must carry.
+    pub token_file: Option<String>,
+}
+
+/// `[upstream]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// TCP connect timeout to name servers and brokers, in milliseconds.
+    pub connect_timeout_ms: Option<u64>,
+    /// How long one name server may take to answer before the next is tried.
+    pub namesrv_timeout_ms: Option<u64>,
+}
+
+/// `[clusters]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClustersFile {
+    /// `[clusters.old]`
+    pub old: ClusterFile,
+    /// `[clusters.new]`
+    pub new: ClusterFile,
+}
+
+/// `[clusters.old]` / `[clusters.new]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Name servers, RocketMQ style: `host:port;host:port`.
+    pub namesrv: Option<String>,
+    /// Prefix added to this cluster's broker names as the app sees them.
+    pub broker_name_prefix: Option<String>,
+}

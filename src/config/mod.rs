@@ -1,0 +1,532 @@
+//! Configuration: `config.toml` (every key optional, defaults documented there), then
+//! environment overrides, then validation into an immutable [`Config`]. Nothing binds or
+//! connects here, so `rmq-sidecar check` can validate a config anywhere.
+
+mod env;
+mod file;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use env::{Env, ProcessEnv};
+pub use file::ConfigFile;
+
+use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
+
+/// Default name-server listen address (the app's NAMESRV_ADDR).
+pub const DEFAULT_NAMESRV_LISTEN: &str = "127.0.0.1:9876";
+/// Default admin listen address (loopback: mutations live here).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9878";
+/// Default health/metrics listen address (reachable by the kubelet and Prometheus).
+pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:9879";
+/// Default loopback range for per-broker listeners.
+pub const DEFAULT_BROKER_BIND: &str = "127.1.0.0/16";
+/// Default fallback port range for broker listeners (below Linux's ephemeral range).
+pub const DEFAULT_FALLBACK_PORTS: &str = "27000-28999";
+/// Default broker-name prefix for the new cluster.
+pub const DEFAULT_NEW_PREFIX: &str = "new~";
+
+/// Which cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The self-built Apache RocketMQ cluster being left.
+    Old,
+    /// The TDMQ cluster being moved to.
+    New,
+}
+
+/// A configuration error, naming the key (and the variable that set it, if any).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("config file: {0}")]
+    Parse(String),
+    /// One key has a bad value.
+    #[error("{key}: {message}{}", .env.map(|e| format!(" (set by {e})")).unwrap_or_default())]
+    Invalid {
+        /// Dotted key in config.toml.
+        key: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+        /// The environment variable the value came from.
+        env: Option<&'static str>,
+    },
+}
+
+/// A loopback IPv4 range (or single address) where broker listeners bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerBind {
+    /// First address of the range.
+    pub base: Ipv4Addr,
+    /// Prefix length (32 = one address).
+    pub prefix: u8,
+}
+
+/// Settings of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Which cluster this is.
+    pub target: Target,
+    /// Name servers, tried in order.
+    pub namesrv: Vec<String>,
+    /// Prefix added to broker names the app sees ("" = names unchanged).
+    pub broker_name_prefix: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated, immutable configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Target when no persisted state exists.
+    pub target: Target,
+    /// Where the target and the listener map are persisted.
+    pub state_dir: Option<PathBuf>,
+    /// Longest drain after SIGTERM.
+    pub drain: Duration,
+    /// Largest accepted frame (length prefix included).
+    pub frame_max_bytes: usize,
+    /// Log filter.
+    pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Name-server listener.
+    pub namesrv_listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Health listener.
+    pub health_listen: SocketAddr,
+    /// Where broker listeners bind.
+    pub broker_bind: BrokerBind,
+    /// Fallback ports for broker listeners.
+    pub broker_fallback_ports: (u16, u16),
+    /// Token file for admin mutations.
+    pub admin_token_file: Option<PathBuf>,
+    /// Connect timeout to upstreams.
+    pub connect_timeout: Duration,
+    /// Per-name-server answer timeout.
+    pub namesrv_timeout: Duration,
+    /// The old cluster.
+    pub old: ClusterConfig,
+    /// The new cluster.
+    pub new: ClusterConfig,
+}
+
+// === impl Target ===
+
+impl Target {
+    /// "old" or "new".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Old => "old",
+            Target::New => "new",
+        }
+    }
+
+    /// Parses "old" or "new" (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "old" => Some(Target::Old),
+            "new" => Some(Target::New),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl BrokerBind ===
+
+impl BrokerBind {
+    /// Number of addresses in the range.
+    pub fn size(&self) -> u32 {
+        if self.prefix >= 32 {
+            1
+        } else {
+            1u32 << (32 - self.prefix)
+        }
+    }
+
+    /// The `n`-th address of the range (wrapping).
+    pub fn nth(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base).wrapping_add(n % self.size()))
+    }
+}
+
+impl fmt::Display for BrokerBind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads `path` (if any), applies `env`, validates.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml_str(&text, env)
+    }
+
+    /// Parses TOML text, applies `env`, validates.
+    pub fn from_toml_str(text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
+        let file: ConfigFile = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse(e.to_string().trim().to_owned()))?;
+        Self::from_file(file, env)
+    }
+
+    /// Applies `env` over `file` and validates.
+    pub fn from_file(file: ConfigFile, env: &dyn Env) -> Result<Self, ConfigError> {
+        let pick = |var: &'static str, value: Option<String>| match env.var(var) {
+            Some(v) => (Some(v), Some(var)),
+            None => (value, None),
+        };
+
+        let (target_s, target_env) = pick(env::TARGET, file.target);
+        let target = match target_s.as_deref() {
+            None => Target::Old,
+            Some(s) => Target::parse(s).ok_or_else(|| ConfigError::Invalid {
+                key: "target",
+                message: format!("'{s}' is not a cluster; use \"old\" or \"new\""),
+                env: target_env,
+            })?,
+        };
+
+        let (state_s, _) = pick(env::STATE_DIR, file.state_dir);
+        let state_dir = state_s.filter(|s| !s.trim().is_empty()).map(PathBuf::from);
+
+        let (drain_s, drain_env) = pick(
+            env::DRAIN_SECONDS,
+            file.drain_seconds.map(|d| d.to_string()),
+        );
+        let drain_secs: u64 = match drain_s {
+            None => 30,
+            Some(s) => s
+                .trim()
+                .parse()
+                .ok()
+                .filter(|d| *d <= 3600)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "drain_seconds",
+                    message: format!("'{s}' is not a whole number of seconds from 0 to 3600"),
+                    env: drain_env,
+                })?,
+        };
+
+        let frame_max_bytes = match file.frame_max_bytes {
+            None => DEFAULT_MAX_FRAME_BYTES,
+            Some(n) if (1024..=(1u64 << 30)).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(ConfigError::Invalid {
+                    key: "frame_max_bytes",
+                    message: format!("{n} is outside 1024..=1073741824"),
+                    env: None,
+                })
+            }
+        };
+
+        let (log_s, _) = pick(env::LOG, file.log);
+        let log = log_s.unwrap_or_else(|| "info".to_owned());
+        let (fmt_s, fmt_env) = pick(env::LOG_FORMAT, file.log_format);
+        let log_format = match fmt_s.as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "log_format",
+                    message: format!("'{other}' is not \"text\" or \"json\""),
+                    env: fmt_env,
+                })
+            }
+        };
+
+        let listen = file.listen;
+        let namesrv_listen = socket_addr(
+            "listen.namesrv",
+            pick(env::LISTEN, listen.namesrv),
+            DEFAULT_NAMESRV_LISTEN,
+        )?;
+        if !namesrv_listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                key: "listen.namesrv",
+                message: format!(
+                    "{namesrv_listen} is not a loopback address; the name-server port carries \
+                     the pod's broker traffic (and credentials) and must stay inside the pod"
+                ),
+                env: env.var(env::LISTEN).map(|_| env::LISTEN),
+            });
+        }
+        let admin_listen = socket_addr(
+            "listen.admin",
+            pick(env::ADMIN, listen.admin),
+            DEFAULT_ADMIN_LISTEN,
+        )?;
+        let health_listen = socket_addr(
+            "listen.health",
+            pick(env::METRICS, listen.health),
+            DEFAULT_HEALTH_LISTEN,
+        )?;
+        let (bind_s, bind_env) = pick(env::BROKER_BIND, listen.broker_bind);
+        let broker_bind = parse_broker_bind(bind_s.as_deref().unwrap_or(DEFAULT_BROKER_BIND))
+            .map_err(|message| ConfigError::Invalid {
+                key: "listen.broker_bind",
+                message,
+                env: bind_env,
+            })?;
+        let broker_fallback_ports = parse_port_range(
+            listen
+                .broker_fallback_ports
+                .as_deref()
+                .unwrap_or(DEFAULT_FALLBACK_PORTS),
+        )
+        .map_err(|message| ConfigError::Invalid {
+            key: "listen.broker_fallback_ports",
+            message,
+            env: None,
+        })?;
+        let mut distinct = vec![namesrv_listen, admin_listen, health_listen];
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() != 3 {
+            return Err(ConfigError::Invalid {
+                key: "listen",
+                message: "namesrv, admin and health must be three different addresses".to_owned(),
+                env: None,
+            });
+        }
+
+        let (token_s, _) = pick(env::ADMIN_TOKEN_FILE, file.admin.token_file);
+        let admin_token_file = token_s.filter(|s| !s.trim().is_empty()).map(PathBuf::from);
+
+        let connect_timeout = millis(
+            "upstream.connect_timeout_ms",
+            file.upstream.connect_timeout_ms,
+            3000,
+        )?;
+        let namesrv_timeout = millis(
+            "upstream.namesrv_timeout_ms",
+            file.upstream.namesrv_timeout_ms,
+            3000,
+        )?;
+
+        let clusters = file.clusters;
+        let old = cluster(
+            Target::Old,
+            "clusters.old.namesrv",
+            pick(env::OLD_NAMESRV, clusters.old.namesrv),
+            clusters.old.broker_name_prefix.unwrap_or_default(),
+        )?;
+        let new = cluster(
+            Target::New,
+            "clusters.new.namesrv",
+            pick(env::NEW_NAMESRV, clusters.new.namesrv),
+            clusters
+                .new
+                .broker_name_prefix
+                .unwrap_or_else(|| DEFAULT_NEW_PREFIX.to_owned()),
+        )?;
+        for (key, c) in [
+            ("clusters.old.broker_name_prefix", &old),
+            ("clusters.new.broker_name_prefix", &new),
+        ] {
+            if let Some(bad) = c
+                .broker_name_prefix
+                .chars()
+                .find(|ch| matches!(ch, ':' | ';' | '%' | '"' | '\\' | '@') || ch.is_whitespace())
+            {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("'{bad}' cannot be part of a broker name"),
+                    env: None,
+                });
+            }
+        }
+        if old.broker_name_prefix == new.broker_name_prefix {
+            return Err(ConfigError::Invalid {
+                key: "clusters.new.broker_name_prefix",
+                message: format!(
+                    "equals the old cluster's prefix '{}': broker names must stay distinct per \
+                     cluster, or a consumer that switches keeps offsets of the other cluster",
+                    new.broker_name_prefix
+                ),
+                env: None,
+            });
+        }
+        let chosen = match target {
+            Target::Old => &old,
+            Target::New => &new,
+        };
+        if chosen.namesrv.is_empty() {
+            let (key, var) = match target {
+                Target::Old => ("clusters.old.namesrv", env::OLD_NAMESRV),
+                Target::New => ("clusters.new.namesrv", env::NEW_NAMESRV),
+            };
+            return Err(ConfigError::Invalid {
+                key,
+                message: format!("the initial target is '{target}' but it has no name servers; set {key} or {var}"),
+                env: None,
+            });
+        }
+
+        Ok(Config {
+            target,
+            state_dir,
+            drain: Duration::from_secs(drain_secs),
+            frame_max_bytes,
+            log,
+            log_format,
+            namesrv_listen,
+            admin_listen,
+            health_listen,
+            broker_bind,
+            broker_fallback_ports,
+            admin_token_file,
+            connect_timeout,
+            namesrv_timeout,
+            old,
+            new,
+        })
+    }
+
+    /// The settings of `target`.
+    pub fn cluster(&self, target: Target) -> &ClusterConfig {
+        match target {
+            Target::Old => &self.old,
+            Target::New => &self.new,
+        }
+    }
+}
+
+fn socket_addr(
+    key: &'static str,
+    (value, env): (Option<String>, Option<&'static str>),
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let s = value.unwrap_or_else(|| default.to_owned());
+    s.trim().parse().map_err(|_| ConfigError::Invalid {
+        key,
+        message: format!("'{s}' is not an ip:port address (e.g. {default})"),
+        env,
+    })
+}
+
+fn millis(key: &'static str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    match value.unwrap_or(default) {
+        ms @ 1..=600_000 => Ok(Duration::from_millis(ms)),
+        ms => Err(ConfigError::Invalid {
+            key,
+            message: format!("{ms} is outside 1..=600000 milliseconds"),
+            env: None,
+        }),
+    }
+}
+
+fn cluster(
+    target: Target,
+    key: &'static str,
+    (value, env): (Option<String>, Option<&'static str>),
+    broker_name_prefix: String,
+) -> Result<ClusterConfig, ConfigError> {
+    let namesrv = match value {
+        None => Vec::new(),
+        Some(s) => {
+            parse_namesrv_list(&s).map_err(|message| ConfigError::Invalid { key, message, env })?
+        }
+    };
+    Ok(ClusterConfig {
+        target,
+        namesrv,
+        broker_name_prefix,
+    })
+}
+
+/// Parses RocketMQ's `host:port;host:port` list.
+pub fn parse_namesrv_list(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in s.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((host, port)) = item.rsplit_once(':') else {
+            return Err(format!(
+                "'{item}' is not host:port (list form: host:port;host:port)"
+            ));
+        };
+        if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!(
+                "'{item}' is not host:port (list form: host:port;host:port)"
+            ));
+        }
+        out.push(item.to_owned());
+    }
+    Ok(out)
+}
+
+fn parse_broker_bind(s: &str) -> Result<BrokerBind, String> {
+    let s = s.trim();
+    let (ip_s, prefix) = match s.split_once('/') {
+        Some((ip, p)) => (
+            ip,
+            p.parse::<u8>()
+                .ok()
+                .filter(|p| (8..=32).contains(p))
+                .ok_or_else(|| format!("'{s}': prefix length must be 8..=32"))?,
+        ),
+        None => (s, 32),
+    };
+    let ip: Ipv4Addr = ip_s.parse().map_err(|_| {
+        format!("'{s}' is not an IPv4 address or CIDR (e.g. {DEFAULT_BROKER_BIND})")
+    })?;
+    if !ip.is_loopback() {
+        return Err(format!(
+            "'{s}' is not in 127.0.0.0/8; broker listeners must stay inside the pod"
+        ));
+    }
+    let mask = if prefix == 32 {
+        u32::MAX
+    } else {
+        !(u32::MAX >> prefix)
+    };
+    Ok(BrokerBind {
+        base: Ipv4Addr::from(u32::from(ip) & mask),
+        prefix,
+    })
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || {
+        format!("'{s}' is not a port range like {DEFAULT_FALLBACK_PORTS} (ports 1024-65535, at least 3 ports)")
+    };
+    let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a < 1024 || b < a.saturating_add(2) {
+        return Err(bad());
+    }
+    Ok((a, b))
+}

@@ -1,0 +1,22 @@
+//! rocketmq-sidecar: a per-pod RocketMQ name server and broker relay that carries an
+//! application from an old cluster to a new one without redeploying it.
+//!
+//! # Layout
+//! - [`protocol`]: the remoting protocol, pure (frames, headers, route bodies).
+//! - [`config`]: `config.toml` + environment, validated into [`Config`].
+//! - [`routing`]: the pod's target cluster, switched at runtime and persisted.
+//! - [`proxy`]: the name-server role, the per-broker listeners and the frame relay.
+//! - [`admin`]: the admin and health HTTP servers.
+//! - [`app`]: wiring, readiness and graceful shutdown.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod health;
+pub mod protocol;
+pub mod proxy;
+pub mod routing;
+pub mod state;
+
+pub use app::App;
+pub use config::Config;

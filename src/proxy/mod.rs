@@ -1,0 +1,84 @@
+//! The data plane: the name-server role ([`namesrv`]), the per-broker local listeners
+//! ([`listeners`]), the frame relay ([`relay`]) and the broker-name mapping it applies
+//! ([`rename`]), plus the sidecar's own name-server client ([`upstream`]).
+
+pub mod conns;
+pub mod listeners;
+pub mod namesrv;
+pub mod relay;
+pub mod rename;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Target};
+
+pub use conns::ConnTracker;
+pub use rename::Renamer;
+pub use upstream::NameServerClient;
+
+/// Per-cluster runtime: its name-server client and broker-name mapping.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Which cluster.
+    pub target: Target,
+    /// Client for this cluster's name servers.
+    pub namesrv: NameServerClient,
+    /// How this cluster's broker names appear to the app.
+    pub renamer: Renamer,
+}
+
+/// What every relayed connection needs.
+#[derive(Debug)]
+pub struct RelayContext {
+    /// Old and new cluster, indexed by [`cluster_index`].
+    pub clusters: [Arc<Cluster>; 2],
+    /// Open client connections (for drain).
+    pub conns: ConnTracker,
+    /// Largest accepted frame.
+    pub frame_max_bytes: usize,
+    /// Connect timeout to brokers.
+    pub connect_timeout: Duration,
+}
+
+/// Index of a cluster in [`RelayContext::clusters`].
+pub fn cluster_index(target: Target) -> usize {
+    match target {
+        Target::Old => 0,
+        Target::New => 1,
+    }
+}
+
+// === impl RelayContext ===
+
+impl RelayContext {
+    /// Builds the clusters from the config.
+    pub fn new(config: &Config) -> Self {
+        let make = |target: Target| {
+            let c = config.cluster(target);
+            Arc::new(Cluster {
+                target,
+                namesrv: NameServerClient::new(
+                    target,
+                    c.namesrv.clone(),
+                    config.connect_timeout,
+                    config.namesrv_timeout,
+                    config.frame_max_bytes,
+                ),
+                renamer: Renamer::new(&c.broker_name_prefix),
+            })
+        };
+        Self {
+            clusters: [make(Target::Old), make(Target::New)],
+            conns: ConnTracker::default(),
+            frame_max_bytes: config.frame_max_bytes,
+            connect_timeout: config.connect_timeout,
+        }
+    }
+
+    /// The runtime of `target`.
+    pub fn cluster(&self, target: Target) -> &Arc<Cluster> {
+        &self.clusters[cluster_index(target)]
+    }
+}

@@ -1,0 +1,232 @@
+//! The name-server role: the app's NAMESRV_ADDR points here. Every request is sent to the
+//! name servers of the cluster the pod is switched to *at the time of the request*, so a
+//! switch takes effect at the app's next route poll. Route answers (105), cluster info
+//! (106) and system topic lists (304) have every broker address replaced by the local
+//! listener for it (opened on first sight) and broker names mapped; every other code is
+//! relayed unchanged. Answers go out as JSON with compact standard JSON bodies.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+
+use super::listeners::ListenerRegistry;
+use super::{Cluster, RelayContext};
+use crate::config::Target;
+use crate::health::Health;
+use crate::protocol::code::{request, response};
+use crate::protocol::route::{self, RouteMapper};
+use crate::protocol::{FrameDecoder, Header, RawFrame};
+use crate::routing::RouteSwitch;
+
+/// Everything the name-server role needs.
+#[derive(Debug)]
+pub struct NameServerRole {
+    /// Relay context (clusters, connection tracking).
+    pub ctx: Arc<RelayContext>,
+    /// Broker listeners.
+    pub listeners: Arc<ListenerRegistry>,
+    /// The pod's route.
+    pub route: Arc<RouteSwitch>,
+    /// Health reporting.
+    pub health: Arc<Health>,
+}
+
+struct Mapper<'a> {
+    cluster: &'a Cluster,
+    locals: &'a HashMap<String, String>,
+}
+
+impl RouteMapper for Mapper<'_> {
+    fn local_addr(&self, upstream: &str) -> Option<String> {
+        self.locals.get(upstream).cloned()
+    }
+
+    fn client_name(&self, name: &str) -> String {
+        self.cluster.renamer.to_client(name)
+    }
+}
+
+// === impl NameServerRole ===
+
+impl NameServerRole {
+    /// Accepts app connections on `listener` forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.serve_connection(stream, peer).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "name-server accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _guard = self.ctx.conns.open();
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut decoder = FrameDecoder::new(self.ctx.frame_max_bytes);
+        let reason: Option<String> = 'conn: loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        if frame.is_response() {
+                            continue; // a name server sends no requests; stray answers are dropped
+                        }
+                        let header =
+                            match Header::decode(frame.serialize_type(), frame.header_bytes()) {
+                                Ok(h) => h,
+                                Err(e) => break 'conn Some(format!("bad header: {e}")),
+                            };
+                        let this = self.clone();
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            if let Some(answer) = this.handle(header, frame).await {
+                                let _ = tx.send(answer).await;
+                            }
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => break 'conn Some(e.to_string()),
+                }
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) if buf.is_empty() => break None,
+                Ok(0) => {
+                    break Some(format!(
+                        "closed in the middle of a frame ({} bytes pending)",
+                        buf.len()
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => break Some(format!("read failed: {e}")),
+            }
+        };
+        if let Some(reason) = reason {
+            tracing::warn!(%peer, %reason, "closing name-server connection: bad frame");
+            writer.abort();
+        } else {
+            drop(tx);
+            // Let answers still in flight reach the app before the socket closes.
+            let _ = writer.await;
+        }
+    }
+
+    /// Answers one request; `None` for oneway requests.
+    async fn handle(&self, header: Header, frame: RawFrame) -> Option<Bytes> {
+        let target = self.route.current().target;
+        let cluster = self.ctx.cluster(target).clone();
+        let body = frame.body();
+        let answer = match cluster.namesrv.call(&header, &body).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return None,
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(%target, code = header.code, error = %message, "name-server request failed");
+                self.health.failed(target, message.clone());
+                if header.is_oneway() {
+                    return None;
+                }
+                let reply = Header::response_to(
+                    &header,
+                    response::SYSTEM_ERROR,
+                    Some(format!("rmq-sidecar: {message}")),
+                );
+                return Some(reply.encode_frame(&[]));
+            }
+        };
+        self.health.answered(target, &answer.addr, header.code);
+        if target == self.route.current().target {
+            self.health.set_ready();
+        }
+        let upstream = answer.frame;
+        let mut reply = match Header::decode(upstream.serialize_type(), upstream.header_bytes()) {
+            Ok(h) => h,
+            Err(e) => {
+                let reply = Header::response_to(
+                    &header,
+                    response::SYSTEM_ERROR,
+                    Some(format!(
+                        "rmq-sidecar: name server {} sent a bad header: {e}",
+                        answer.addr
+                    )),
+                );
+                return Some(reply.encode_frame(&[]));
+            }
+        };
+        reply.opaque = header.opaque;
+        let rewritable = matches!(
+            header.code,
+            request::GET_ROUTEINFO_BY_TOPIC
+                | request::GET_BROKER_CLUSTER_INFO
+                | request::GET_SYSTEM_TOPIC_LIST_FROM_NS
+        );
+        if !rewritable || reply.code != response::SUCCESS || upstream.body().is_empty() {
+            return Some(reply.encode_frame(&upstream.body()));
+        }
+        match self
+            .rewrite_body(target, &cluster, header.code, &upstream.body())
+            .await
+        {
+            Ok(body) => Some(reply.encode_frame(&body)),
+            Err(message) => {
+                tracing::warn!(%target, code = header.code, error = %message, "cannot rewrite name-server answer; the app keeps its previous route");
+                let reply = Header::response_to(
+                    &header,
+                    response::SYSTEM_ERROR,
+                    Some(format!("rmq-sidecar: {message}")),
+                );
+                Some(reply.encode_frame(&[]))
+            }
+        }
+    }
+
+    async fn rewrite_body(
+        &self,
+        target: Target,
+        cluster: &Cluster,
+        code: i32,
+        body: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let mut value = route::parse_lenient(body).map_err(|e| e.to_string())?;
+        let mut locals = HashMap::new();
+        for upstream in route::broker_addresses(&value) {
+            let local = self
+                .listeners
+                .ensure(target, &upstream)
+                .await
+                .map_err(|e| e.to_string())?;
+            locals.insert(upstream, local.to_string());
+        }
+        let mapper = Mapper {
+            cluster,
+            locals: &locals,
+        };
+        match code {
+            request::GET_ROUTEINFO_BY_TOPIC => route::rewrite_topic_route(&mut value, &mapper),
+            request::GET_BROKER_CLUSTER_INFO => route::rewrite_cluster_info(&mut value, &mapper),
+            _ => route::rewrite_topic_list(&mut value, &mapper),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(route::to_compact_json(&value))
+    }
+}

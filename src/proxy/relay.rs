@@ -1,0 +1,141 @@
+//! One client connection to a broker listener, relayed over its own upstream connection
+//! (the broker keys consumer-group membership by connection, so connections are never
+//! shared). Frames flow both ways, including requests the broker sends to the client.
+//! Frames that need no change are forwarded as the bytes they arrived as. There is no
+//! idle or request timeout here: long-polling pulls are held 15-30 s by the broker, and
+//! clients and brokers run their own idle timers. When one side closes, so does the other.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+use super::rename::FrameRewriter;
+use super::RelayContext;
+use crate::config::Target;
+use crate::protocol::{FrameDecoder, FrameError, HeaderError, RawFrame};
+
+/// How one direction of a relay ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpEnd {
+    /// The reading side closed cleanly between frames.
+    #[error("closed")]
+    Closed,
+    /// The reading side closed in the middle of a frame.
+    #[error("closed in the middle of a frame ({0} bytes pending)")]
+    Truncated(usize),
+    /// A frame was malformed or too large.
+    #[error("{0}")]
+    Frame(FrameError),
+    /// A header that had to be rewritten could not be decoded.
+    #[error("header could not be rewritten: {0}")]
+    Rewrite(HeaderError),
+    /// Reading failed.
+    #[error("read failed: {0}")]
+    Read(std::io::Error),
+    /// Writing to the other side failed.
+    #[error("write failed: {0}")]
+    Write(std::io::Error),
+}
+
+/// Relays `client` (accepted on the listener of `upstream`) until either side closes.
+pub async fn run(
+    ctx: Arc<RelayContext>,
+    client: TcpStream,
+    peer: SocketAddr,
+    cluster: Target,
+    upstream: String,
+) {
+    let _guard = ctx.conns.open();
+    let connect = tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(&upstream)).await;
+    let broker = match connect {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, %cluster, %upstream, error = %e, "upstream broker connect failed; closing client connection");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, %cluster, %upstream, timeout_ms = ctx.connect_timeout.as_millis() as u64, "upstream broker connect timed out; closing client connection");
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = broker.set_nodelay(true);
+    tracing::debug!(%peer, %cluster, %upstream, "relay opened");
+
+    let renamer = ctx.cluster(cluster).renamer.clone();
+    let rewriter = renamer
+        .is_active()
+        .then(|| Arc::new(FrameRewriter::new(renamer)));
+    let (client_rd, client_wr) = client.into_split();
+    let (broker_rd, broker_wr) = broker.into_split();
+    let max = ctx.frame_max_bytes;
+
+    let rw_up = rewriter.clone();
+    let up = pump(client_rd, broker_wr, max, move |f| match &rw_up {
+        Some(rw) => rw.client_to_broker(f),
+        None => Ok(f.into_bytes()),
+    });
+    let rw_down = rewriter;
+    let down = pump(broker_rd, client_wr, max, move |f| match &rw_down {
+        Some(rw) => rw.broker_to_client(f),
+        None => Ok(f.into_bytes()),
+    });
+
+    tokio::select! {
+        end = up => log_end(peer, cluster, &upstream, "client", end),
+        end = down => log_end(peer, cluster, &upstream, "broker", end),
+    }
+    // Returning drops both halves of both sockets: the other side is closed too.
+}
+
+fn log_end(peer: SocketAddr, cluster: Target, upstream: &str, side: &str, end: PumpEnd) {
+    match end {
+        PumpEnd::Closed => {
+            tracing::debug!(%peer, %cluster, %upstream, closed_by = side, "relay closed")
+        }
+        PumpEnd::Frame(_) | PumpEnd::Rewrite(_) | PumpEnd::Truncated(_) => {
+            tracing::warn!(%peer, %cluster, %upstream, from = side, reason = %end, "closing connection: bad frame")
+        }
+        PumpEnd::Read(_) | PumpEnd::Write(_) => {
+            tracing::debug!(%peer, %cluster, %upstream, side, reason = %end, "relay ended")
+        }
+    }
+}
+
+/// Reads frames from `rd`, passes each through `transform` and writes the result to `wr`.
+pub async fn pump<R, W, F>(mut rd: R, mut wr: W, max_frame: usize, transform: F) -> PumpEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: Fn(RawFrame) -> Result<Bytes, HeaderError>,
+{
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut decoder = FrameDecoder::new(max_frame);
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    let out = match transform(frame) {
+                        Ok(out) => out,
+                        Err(e) => return PumpEnd::Rewrite(e),
+                    };
+                    if let Err(e) = wr.write_all(&out).await {
+                        return PumpEnd::Write(e);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return PumpEnd::Frame(e),
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) if buf.is_empty() => return PumpEnd::Closed,
+            Ok(0) => return PumpEnd::Truncated(buf.len()),
+            Ok(_) => {}
+            Err(e) => return PumpEnd::Read(e),
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The sidecar's own client for one cluster's name servers. Requests are multiplexed
+//! over one connection per name server with the sidecar's own opaques. Name servers are
+//! tried in turn, each with a timeout; the last one that answered is tried first next time.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::codec::Decoder;
+
+use crate::config::Target;
+use crate::protocol::{FrameDecoder, Header, RawFrame};
+
+/// Why no name server answered.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    /// The cluster has no name servers configured.
+    #[error("cluster '{0}' has no name servers configured")]
+    NotConfigured(Target),
+    /// Every name server failed; one reason per address.
+    #[error("no name server of cluster '{target}' answered: {}", .reasons.join("; "))]
+    AllFailed {
+        /// The cluster.
+        target: Target,
+        /// `addr: reason` for each attempt.
+        reasons: Vec<String>,
+    },
+}
+
+/// A successful answer and who gave it.
+#[derive(Debug)]
+pub struct NsAnswer {
+    /// The response frame (carrying the sidecar's opaque).
+    pub frame: RawFrame,
+    /// The name server that answered.
+    pub addr: String,
+}
+
+/// Client for one cluster's name servers.
+#[derive(Debug)]
+pub struct NameServerClient {
+    target: Target,
+    addrs: Vec<String>,
+    preferred: AtomicUsize,
+    conns: Vec<Mutex<Option<Arc<NsConn>>>>,
+    next_opaque: AtomicI32,
+    connect_timeout: Duration,
+    timeout: Duration,
+    max_frame: usize,
+}
+
+#[derive(Debug)]
+struct NsConn {
+    tx: mpsc::Sender<Bytes>,
+    pending: Arc<DashMap<i32, oneshot::Sender<RawFrame>>>,
+    alive: Arc<AtomicBool>,
+}
+
+// === impl NameServerClient ===
+
+impl NameServerClient {
+    /// A client for `addrs` (may be empty: every call then fails with `NotConfigured`).
+    pub fn new(
+        target: Target,
+        addrs: Vec<String>,
+        connect_timeout: Duration,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Self {
+        let conns = addrs.iter().map(|_| Mutex::new(None)).collect();
+        Self {
+            target,
+            addrs,
+            preferred: AtomicUsize::new(0),
+            conns,
+            next_opaque: AtomicI32::new(1),
+            connect_timeout,
+            timeout,
+            max_frame,
+        }
+    }
+
+    /// The configured addresses.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    /// The address tried first.
+    pub fn preferred(&self) -> Option<&str> {
+        self.addrs
+            .get(self.preferred.load(Ordering::Relaxed))
+            .map(String::as_str)
+    }
+
+    /// Sends `header` + `body` (the opaque is replaced by the sidecar's own) and waits
+    /// for the answer. A oneway request returns `Ok(None)` once written.
+    pub async fn call(&self, header: &Header, body: &[u8]) -> Result<Option<NsAnswer>, NsError> {
+        if self.addrs.is_empty() {
+            return Err(NsError::NotConfigured(self.target));
+        }
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut reasons = Vec::new();
+        for i in 0..self.addrs.len() {
+            let idx = (start + i) % self.addrs.len();
+            match self.call_one(idx, header, body).await {
+                Ok(answer) => {
+                    if idx != start {
+                        tracing::info!(
+                            cluster = %self.target,
+                            from = %self.addrs[start],
+                            to = %self.addrs[idx],
+                            "name server failover"
+                        );
+                    }
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(reason) => {
+                    tracing::debug!(cluster = %self.target, addr = %self.addrs[idx], %reason, "name server attempt failed");
+                    reasons.push(format!("{}: {reason}", self.addrs[idx]));
+                }
+            }
+        }
+        Err(NsError::AllFailed {
+            target: self.target,
+            reasons,
+        })
+    }
+
+    async fn call_one(
+        &self,
+        idx: usize,
+        header: &Header,
+        body: &[u8],
+    ) -> Result<Option<NsAnswer>, String> {
+        let conn = self.connection(idx).await?;
+        let mut header = header.clone();
+        header.opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        let frame = header.encode_frame(body);
+        if header.is_oneway() {
+            conn.tx
+                .send(frame)
+                .await
+                .map_err(|_| "connection closed".to_owned())?;
+            return Ok(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        conn.pending.insert(header.opaque, tx);
+        if conn.tx.send(frame).await.is_err() {
+            conn.pending.remove(&header.opaque);
+            return Err("connection closed".to_owned());
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(frame)) => Ok(Some(NsAnswer {
+                frame,
+                addr: self.addrs[idx].clone(),
+            })),
+            Ok(Err(_)) => Err("connection closed before the answer".to_owned()),
+            Err(_) => {
+                conn.pending.remove(&header.opaque);
+                // Like the Java client: a timed-out connection is not trusted again.
+                conn.alive.store(false, Ordering::SeqCst);
+                *self.conns[idx].lock().await = None;
+                Err(format!("no answer within {} ms", self.timeout.as_millis()))
+            }
+        }
+    }
+
+    async fn connection(&self, idx: usize) -> Result<Arc<NsConn>, String> {
+        let mut slot = self.conns[idx].lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if conn.alive.load(Ordering::SeqCst) {
+                return Ok(conn.clone());
+            }
+        }
+        let addr = &self.addrs[idx];
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(format!("connect failed: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "connect timed out after {} ms",
+                        self.connect_timeout.as_millis()
+                    ))
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(NsConn::spawn(stream, addr.clone(), self.max_frame));
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+// === impl NsConn ===
+
+impl NsConn {
+    fn spawn(stream: TcpStream, addr: String, max_frame: usize) -> Self {
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+        let pending: Arc<DashMap<i32, oneshot::Sender<RawFrame>>> = Arc::new(DashMap::new());
+        let alive = Arc::new(AtomicBool::new(true));
+
+        let alive_w = alive.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            alive_w.store(false, Ordering::SeqCst);
+        });
+
+        let alive_r = alive.clone();
+        let pending_r = pending.clone();
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(8 * 1024);
+            let mut decoder = FrameDecoder::new(max_frame);
+            let reason = 'read: loop {
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(Some(frame)) => {
+                            if frame.is_response() {
+                                if let Some((_, waiter)) = pending_r.remove(&frame.opaque()) {
+                                    let _ = waiter.send(frame);
+                                }
+                            }
+                            // Name servers send no requests to clients; anything else is ignored.
+                        }
+                        Ok(None) => break,
+                        Err(e) => break 'read format!("malformed frame: {e}"),
+                    }
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) => break "closed by the name server".to_owned(),
+                    Ok(_) => {}
+                    Err(e) => break format!("read failed: {e}"),
+                }
+            };
+            tracing::debug!(%addr, %reason, "name server connection ended");
+            alive_r.store(false, Ordering::SeqCst);
+            // Dropping the waiters tells every pending call that the connection is gone.
+            pending_r.clear();
+        });
+
+        Self { tx, pending, alive }
+    }
+}
