@@ -174,6 +174,7 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
+        self.listeners.close_all();
     }
 }
 

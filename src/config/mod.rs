@@ -312,10 +312,15 @@ impl Config {
             message,
             env: None,
         })?;
-        let mut distinct = vec![namesrv_listen, admin_listen, health_listen];
+        // Port 0 (any free port, used by tests) may repeat; fixed ports may not.
+        let fixed: Vec<SocketAddr> = [namesrv_listen, admin_listen, health_listen]
+            .into_iter()
+            .filter(|a| a.port() != 0)
+            .collect();
+        let mut distinct = fixed.clone();
         distinct.sort();
         distinct.dedup();
-        if distinct.len() != 3 {
+        if distinct.len() != fixed.len() {
             return Err(ConfigError::Invalid {
                 key: "listen",
                 message: "namesrv, admin and health must be three different addresses".to_owned(),

@@ -232,11 +232,20 @@ fn check_prefix(
 
 /// Builds a frame from a JSON header and a body.
 pub fn encode_json_frame(header_json: &[u8], body: &[u8]) -> Bytes {
-    let total = 4 + header_json.len() + body.len();
+    encode_frame(SerializeType::Json, header_json, body)
+}
+
+/// Builds a frame from header bytes of the given form and a body.
+pub fn encode_frame(serialize: SerializeType, header: &[u8], body: &[u8]) -> Bytes {
+    let total = 4 + header.len() + body.len();
+    let kind: u32 = match serialize {
+        SerializeType::Json => 0,
+        SerializeType::RocketMq => 1,
+    };
     let mut out = BytesMut::with_capacity(4 + total);
     out.extend_from_slice(&(total as u32).to_be_bytes());
-    out.extend_from_slice(&(header_json.len() as u32 & 0x00FF_FFFF).to_be_bytes());
-    out.extend_from_slice(header_json);
+    out.extend_from_slice(&((kind << 24) | (header.len() as u32 & 0x00FF_FFFF)).to_be_bytes());
+    out.extend_from_slice(header);
     out.extend_from_slice(body);
     out.freeze()
 }

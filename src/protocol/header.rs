@@ -263,10 +263,43 @@ impl Header {
         serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
     }
 
+    /// Serialises in the ROCKETMQ binary form (the sidecar itself always sends JSON; this
+    /// exists for tests, benches and tools). Codes must fit in 16 bits.
+    pub fn to_binary(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&(self.code as i16).to_be_bytes());
+        out.push(language_byte(&self.language));
+        out.extend_from_slice(&(self.version as i16).to_be_bytes());
+        out.extend_from_slice(&self.opaque.to_be_bytes());
+        out.extend_from_slice(&self.flag.to_be_bytes());
+        match &self.remark {
+            Some(r) => {
+                out.extend_from_slice(&(r.len() as i32).to_be_bytes());
+                out.extend_from_slice(r.as_bytes());
+            }
+            None => out.extend_from_slice(&0i32.to_be_bytes()),
+        }
+        let mut ext = Vec::new();
+        for (k, v) in self.ext_fields.iter().flatten() {
+            let v = v.as_str().unwrap_or_default();
+            ext.extend_from_slice(&(k.len() as i16).to_be_bytes());
+            ext.extend_from_slice(k.as_bytes());
+            ext.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            ext.extend_from_slice(v.as_bytes());
+        }
+        out.extend_from_slice(&(ext.len() as i32).to_be_bytes());
+        out.extend_from_slice(&ext);
+        out
+    }
+
     /// Builds a complete JSON frame with this header and `body`.
     pub fn encode_frame(&self, body: &[u8]) -> Bytes {
         encode_json_frame(&self.to_json(), body)
     }
+}
+
+fn language_byte(name: &str) -> u8 {
+    (0u8..=13).find(|b| language_name(*b) == name).unwrap_or(7)
 }
 
 /// Ext values as Java sees them: numbers become their decimal text, booleans

@@ -7,5 +7,7 @@ pub mod header;
 pub mod names;
 pub mod route;
 
-pub use frame::{FrameDecoder, FrameError, RawFrame, SerializeType, DEFAULT_MAX_FRAME_BYTES};
+pub use frame::{
+    encode_frame, FrameDecoder, FrameError, RawFrame, SerializeType, DEFAULT_MAX_FRAME_BYTES,
+};
 pub use header::{Header, HeaderError};

@@ -75,6 +75,7 @@ pub struct ListenerRegistry {
     file: Option<PathBuf>,
     by_upstream: DashMap<String, Mapping>,
     alloc: Mutex<Allocation>,
+    accept_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +101,7 @@ impl ListenerRegistry {
             file: state_dir.map(|d| d.join(LISTENERS_FILE)),
             by_upstream: DashMap::new(),
             alloc: Mutex::new(Allocation::default()),
+            accept_tasks: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -266,7 +268,23 @@ impl ListenerRegistry {
         for (listener, kind) in [(main, "main"), (vip, "vip")] {
             let ctx = self.ctx.clone();
             let m = m.clone();
-            tokio::spawn(async move { accept_loop(ctx, listener, m, kind).await });
+            let task = tokio::spawn(async move { accept_loop(ctx, listener, m, kind).await });
+            self.accept_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(task);
+        }
+    }
+
+    /// Closes every broker listener (open relays are not touched).
+    pub fn close_all(&self) {
+        for task in self
+            .accept_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
         }
     }
 
