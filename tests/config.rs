@@ -1,0 +1,162 @@
+//! Configuration: the documented config.toml, environment overrides, and one test per
+//! kind of invalid value, each naming the key.
+
+use std::collections::HashMap;
+
+use rocketmq_sidecar::config::{Config, Target};
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn err(text: &str, vars: &[(&str, &str)]) -> String {
+    Config::from_toml_str(text, &env(vars))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn documented_config_toml_states_the_defaults() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+    let from_file =
+        Config::from_toml_str(&text, &env(&[("RMQ_SIDECAR_OLD_NAMESRV", "10.0.0.1:9876")]))
+            .unwrap();
+    let from_defaults =
+        Config::from_toml_str("", &env(&[("RMQ_SIDECAR_OLD_NAMESRV", "10.0.0.1:9876")])).unwrap();
+    assert_eq!(format!("{from_file:?}"), format!("{from_defaults:?}"));
+    assert_eq!(from_defaults.namesrv_listen.to_string(), "127.0.0.1:9876");
+    assert_eq!(from_defaults.admin_listen.to_string(), "127.0.0.1:9878");
+    assert_eq!(from_defaults.health_listen.to_string(), "0.0.0.0:9879");
+    assert_eq!(from_defaults.drain.as_secs(), 30);
+    assert_eq!(from_defaults.frame_max_bytes, 16 * 1024 * 1024);
+    assert_eq!(from_defaults.new.broker_name_prefix, "new~");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let text = "target = \"old\"\n[clusters.old]\nnamesrv = \"a:1\"\n";
+    let c = Config::from_toml_str(
+        text,
+        &env(&[
+            ("RMQ_SIDECAR_OLD_NAMESRV", "10.0.0.1:9876; 10.0.0.2:9876"),
+            ("RMQ_SIDECAR_NEW_NAMESRV", "tdmq:9876"),
+            ("RMQ_SIDECAR_TARGET", "new"),
+            ("RMQ_SIDECAR_LISTEN", "127.0.0.1:19876"),
+            ("RMQ_SIDECAR_ADMIN", "127.0.0.1:19878"),
+            ("RMQ_SIDECAR_METRICS", "0.0.0.0:19879"),
+            ("RMQ_SIDECAR_BROKER_BIND", "127.9.0.0/16"),
+            ("RMQ_SIDECAR_STATE_DIR", "/var/run/rmq"),
+            ("RMQ_SIDECAR_ADMIN_TOKEN_FILE", "/etc/token"),
+            ("RMQ_SIDECAR_DRAIN_SECONDS", "5"),
+            ("RMQ_SIDECAR_LOG", "debug"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.target, Target::New);
+    assert_eq!(c.old.namesrv, vec!["10.0.0.1:9876", "10.0.0.2:9876"]);
+    assert_eq!(c.new.namesrv, vec!["tdmq:9876"]);
+    assert_eq!(c.namesrv_listen.port(), 19876);
+    assert_eq!(c.admin_listen.port(), 19878);
+    assert_eq!(c.health_listen.port(), 19879);
+    assert_eq!(c.broker_bind.to_string(), "127.9.0.0/16");
+    assert_eq!(c.state_dir.unwrap().to_str(), Some("/var/run/rmq"));
+    assert_eq!(c.admin_token_file.unwrap().to_str(), Some("/etc/token"));
+    assert_eq!(c.drain.as_secs(), 5);
+    assert_eq!(c.log, "debug");
+}
+
+#[test]
+fn missing_target_name_servers_names_key_and_variable() {
+    let e = err("", &[]);
+    assert!(
+        e.contains("clusters.old.namesrv") && e.contains("RMQ_SIDECAR_OLD_NAMESRV"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let ok_old = "[clusters.old]\nnamesrv = \"a:1\"\n";
+    for (text, vars, key) in [
+        ("target = \"mid\"", vec![], "target"),
+        (
+            "",
+            vec![("RMQ_SIDECAR_TARGET", "sideways")],
+            "RMQ_SIDECAR_TARGET",
+        ),
+        ("drain_seconds = 99999", vec![], "drain_seconds"),
+        (
+            "",
+            vec![("RMQ_SIDECAR_DRAIN_SECONDS", "soon")],
+            "drain_seconds",
+        ),
+        ("frame_max_bytes = 10", vec![], "frame_max_bytes"),
+        ("log_format = \"xml\"", vec![], "log_format"),
+        ("[listen]\nnamesrv = \"nowhere\"", vec![], "listen.namesrv"),
+        (
+            "[listen]\nnamesrv = \"0.0.0.0:9876\"",
+            vec![],
+            "listen.namesrv",
+        ),
+        (
+            "[listen]\nbroker_bind = \"10.0.0.0/8\"",
+            vec![],
+            "listen.broker_bind",
+        ),
+        (
+            "[listen]\nbroker_bind = \"127.0.0.0/40\"",
+            vec![],
+            "listen.broker_bind",
+        ),
+        (
+            "[listen]\nbroker_fallback_ports = \"9-5\"",
+            vec![],
+            "listen.broker_fallback_ports",
+        ),
+        ("[listen]\nadmin = \"127.0.0.1:9876\"", vec![], "listen"),
+        (
+            "[upstream]\nconnect_timeout_ms = 0",
+            vec![],
+            "upstream.connect_timeout_ms",
+        ),
+        (
+            "[clusters.new]\nnamesrv = \"host-without-port\"",
+            vec![],
+            "clusters.new.namesrv",
+        ),
+        (
+            "[clusters.new]\nbroker_name_prefix = \"\"",
+            vec![],
+            "clusters.new.broker_name_prefix",
+        ),
+        (
+            "[clusters.new]\nbroker_name_prefix = \"a:b\"",
+            vec![],
+            "clusters.new.broker_name_prefix",
+        ),
+    ] {
+        let text = if text.starts_with("[clusters.old]") {
+            text.to_owned()
+        } else {
+            format!("{text}\n{ok_old}")
+        };
+        let e = err(&text, &vars);
+        assert!(e.contains(key), "expected '{key}' in: {e}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let e = err(
+        "[clusters.old]\nnamesrv = \"a:1\"\nsecret_key = \"x\"\n",
+        &[],
+    );
+    assert!(
+        e.contains("unknown field") && e.contains("secret_key"),
+        "{e}"
+    );
+}
