@@ -1,5 +1,6 @@
 //! Frame and header codec: both header forms, round trips, every prefix of a frame, and
 //! one named test per rejection path.
+#![allow(clippy::unwrap_used)]
 
 use bytes::BytesMut;
 use rocketmq_sidecar::protocol::frame::encode_json_frame;

@@ -1,5 +1,6 @@
 //! Configuration: the documented config.toml, environment overrides, and one test per
 //! kind of invalid value, each naming the key.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 

@@ -1,6 +1,7 @@
 //! The sidecar end to end against in-process fakes: route rewriting, relaying in both
 //! directions, broker-name mapping, switching, restart with persisted state, and the
 //! isolation of bad connections.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

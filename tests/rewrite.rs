@@ -1,5 +1,6 @@
 //! Name-server body rewriting: fastjson's bare keys, address replacement, broker-name
 //! mapping, and broker names inside otherwise untouched JSON bodies.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 

@@ -1,0 +1,116 @@
+//! The `rmq-sidecar` binary: exit codes, `check`, and graceful shutdown on SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rmq-sidecar");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(ns: SocketAddr, drain: u64) -> (Child, SocketAddr, SocketAddr) {
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let child = Command::new(BIN)
+        .env("RMQ_SIDECAR_OLD_NAMESRV", ns.to_string())
+        .env("RMQ_SIDECAR_LISTEN", format!("127.0.0.1:{p1}"))
+        .env("RMQ_SIDECAR_ADMIN", format!("127.0.0.1:{p2}"))
+        .env("RMQ_SIDECAR_METRICS", format!("127.0.0.1:{p3}"))
+        .env("RMQ_SIDECAR_BROKER_BIND", "127.81.0.0/16")
+        .env("RMQ_SIDECAR_DRAIN_SECONDS", drain.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, format!("127.0.0.1:{p1}").parse().unwrap(), format!("127.0.0.1:{p3}").parse().unwrap())
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    assert!(ok.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn check_rejects_bad_config_with_exit_64_and_names_the_key() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")])
+        .env("RMQ_SIDECAR_OLD_NAMESRV", "10.0.0.1:9876")
+        .env("RMQ_SIDECAR_BROKER_BIND", "10.0.0.0/8")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen.broker_bind") && err.contains("RMQ_SIDECAR_BROKER_BIND"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")])
+        .env("RMQ_SIDECAR_OLD_NAMESRV", "10.0.0.1:9876")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn sigterm_keeps_serving_until_the_app_disconnects() {
+    let ns = FakeNameServer::start(HashMap::new()).await;
+    let (mut child, ns_listen, health) = spawn(ns.addr, 30);
+    assert_eventually!(http_ok(health, "/ready").await, 10, "sidecar ready");
+    let mut app = FrameClient::connect(ns_listen).await;
+    let (h, _) = app.call(&request(206, 1, &[]), b"").await;
+    assert_eq!(h.code, 0);
+
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(child.try_wait().unwrap(), None, "still running while the app is connected");
+    // New connections are still served while draining (an app flushing offsets).
+    let mut late = FrameClient::connect(ns_listen).await;
+    let (h, _) = late.call(&request(206, 2, &[]), b"").await;
+    assert_eq!(h.code, 0);
+    let (h, _) = app.call(&request(206, 3, &[]), b"").await;
+    assert_eq!(h.code, 0);
+
+    drop(app);
+    drop(late);
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10))).await.unwrap();
+    assert_eq!(code, Some(0), "exits 0 once the last connection closed");
+}
+
+#[tokio::test]
+async fn second_sigterm_exits_at_once() {
+    let ns = FakeNameServer::start(HashMap::new()).await;
+    let (mut child, ns_listen, health) = spawn(ns.addr, 600);
+    assert_eventually!(http_ok(health, "/ready").await, 10, "sidecar ready");
+    let _app = FrameClient::connect(ns_listen).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(child.try_wait().unwrap(), None);
+    signal(&child, "TERM");
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5))).await.unwrap();
+    assert_eq!(code, Some(130));
+}
+
+async fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => http(addr, "GET", path, None).await.0 == 200,
+        _ => false,
+    }
+}
