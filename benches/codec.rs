@@ -1,0 +1,87 @@
+//! Codec and rewrite cost: decoding frames of several sizes (the relay's per-frame work),
+//! full header decode + JSON re-encode (the rewrite path), and route rewriting by broker
+//! count. Run: `cargo bench --bench codec`.
+
+mod support;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rocketmq_sidecar::protocol::frame::encode_json_frame;
+use rocketmq_sidecar::protocol::route::{self, RouteMapper};
+use rocketmq_sidecar::protocol::{FrameDecoder, Header};
+use tokio_util::codec::Decoder;
+
+const SEND_HEADER: &str = r#"{"code":310,"extFields":{"a":"PG","b":"TopicTest","c":"TBW102","d":"4","e":"1","f":"0","g":"1700000000000","h":"0","i":"UNIQ_KEY\u0001AC1100010000000000000000\u0002WAIT\u0001true\u0002KEYS\u0001k-1\u0002","j":"0","k":"false","m":"false","n":"broker-a"},"flag":0,"language":"JAVA","opaque":42,"serializeTypeCurrentRPC":"JSON","version":409}"#;
+
+struct Mapper;
+impl RouteMapper for Mapper {
+    fn local_addr(&self, upstream: &str) -> Option<String> {
+        Some(format!("127.1.0.1:{}", &upstream[upstream.len() - 5..]))
+    }
+    fn client_name(&self, name: &str) -> String {
+        format!("new~{name}")
+    }
+}
+
+fn route_body(brokers: usize) -> String {
+    let bd: Vec<String> = (0..brokers)
+        .map(|i| format!("{{\"brokerAddrs\":{{0:\"10.0.{i}.1:10911\",1:\"10.0.{i}.2:10911\"}},\"brokerName\":\"broker-{i}\",\"cluster\":\"C\"}}"))
+        .collect();
+    let qd: Vec<String> = (0..brokers)
+        .map(|i| format!("{{\"brokerName\":\"broker-{i}\",\"perm\":6,\"readQueueNums\":8,\"topicSysFlag\":0,\"writeQueueNums\":8}}"))
+        .collect();
+    format!(
+        "{{\"brokerDatas\":[{}],\"filterServerTable\":{{}},\"queueDatas\":[{}]}}",
+        bd.join(","),
+        qd.join(",")
+    )
+}
+
+fn main() {
+    let budget = Duration::from_millis(700);
+    for size in [256usize, 4096, 65536, 1 << 20] {
+        let frame = encode_json_frame(SEND_HEADER.as_bytes(), &vec![7u8; size]);
+        let mut dec = FrameDecoder::default();
+        let s = support::bench(
+            &format!("copy in + decode + classify, body {size} B"),
+            budget,
+            || {
+                let mut buf = BytesMut::from(&frame[..]);
+                black_box(dec.decode(&mut buf).unwrap());
+            },
+        );
+        println!(
+            "{:<48} {:>10.0} MB/s",
+            "",
+            (frame.len() as f64) / s.median_ns * 1e3
+        );
+    }
+    let frame = encode_json_frame(SEND_HEADER.as_bytes(), b"hello");
+    let raw = FrameDecoder::default()
+        .decode(&mut BytesMut::from(&frame[..]))
+        .unwrap()
+        .unwrap();
+    support::bench(
+        "header decode + JSON re-encode (send, 14 ext)",
+        budget,
+        || {
+            let mut h = Header::decode(raw.serialize_type(), raw.header_bytes()).unwrap();
+            h.set_ext("n", "broker-a");
+            black_box(h.encode_frame(&raw.body()));
+        },
+    );
+    for brokers in [1usize, 8, 64] {
+        let body = route_body(brokers);
+        support::bench(
+            &format!("route parse+rewrite+encode, {brokers} brokers"),
+            budget,
+            || {
+                let mut v = route::parse_lenient(body.as_bytes()).unwrap();
+                route::rewrite_topic_route(&mut v, &Mapper).unwrap();
+                black_box(route::to_compact_json(&v));
+            },
+        );
+    }
+}
