@@ -1,6 +1,7 @@
 //! Codec and rewrite cost: decoding frames of several sizes (the relay's per-frame work),
 //! full header decode + JSON re-encode (the rewrite path), and route rewriting by broker
 //! count. Run: `cargo bench --bench codec`.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

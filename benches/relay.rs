@@ -5,6 +5,7 @@
 //! same machine state; then pipelined throughput. Run: `cargo bench --bench relay`.
 //! Reports medians, p99s and the ratio sidecar/direct; absolute numbers depend on the
 //! machine, so publish them with it.
+#![allow(clippy::unwrap_used)]
 
 #[path = "../tests/support/mod.rs"]
 #[allow(clippy::unwrap_used)]

@@ -1,5 +1,6 @@
 //! A tiny timing harness for `harness = false` benches: runs a closure in batches for a
 //! fixed time and reports per-iteration nanoseconds (median and p99 over batches).
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
