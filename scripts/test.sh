@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, lints, unit/protocol/in-process tests, then the interop
+# suite against real Apache RocketMQ 4.9.x and 5.3.3 with the official Java client.
+# Installs what it needs (Rust components, pytest; Maven downloads RocketMQ and the client).
+# Set RMQ_SKIP_INTEROP=1 to run only the Rust tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "test.sh: '$1' is required but not installed" >&2; exit 2; }; }
+need cargo
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked
+
+if [ "${RMQ_SKIP_INTEROP:-0}" = "1" ]; then
+  echo "== interop skipped (RMQ_SKIP_INTEROP=1)"
+  exit 0
+fi
+
+need java
+need mvn
+need python3
+python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet pytest
+echo "== cargo build --release (the binary the interop suite runs)"
+cargo build --release --locked
+echo "== interop: real Apache RocketMQ + official Java client"
+python3 -m pytest tests/interop -v -rA --durations=0 "$@"
