@@ -13,7 +13,11 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_rmq-sidecar");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(ns: SocketAddr, drain: u64) -> (Child, SocketAddr, SocketAddr) {
@@ -29,11 +33,19 @@ fn spawn(ns: SocketAddr, drain: u64) -> (Child, SocketAddr, SocketAddr) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    (child, format!("127.0.0.1:{p1}").parse().unwrap(), format!("127.0.0.1:{p3}").parse().unwrap())
+    (
+        child,
+        format!("127.0.0.1:{p1}").parse().unwrap(),
+        format!("127.0.0.1:{p3}").parse().unwrap(),
+    )
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -51,21 +63,37 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
 #[test]
 fn check_rejects_bad_config_with_exit_64_and_names_the_key() {
     let out = Command::new(BIN)
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+        ])
         .env("RMQ_SIDECAR_OLD_NAMESRV", "10.0.0.1:9876")
         .env("RMQ_SIDECAR_BROKER_BIND", "10.0.0.0/8")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("listen.broker_bind") && err.contains("RMQ_SIDECAR_BROKER_BIND"), "{err}");
+    assert!(
+        err.contains("listen.broker_bind") && err.contains("RMQ_SIDECAR_BROKER_BIND"),
+        "{err}"
+    );
 
     let out = Command::new(BIN)
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+        ])
         .env("RMQ_SIDECAR_OLD_NAMESRV", "10.0.0.1:9876")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -79,7 +107,11 @@ async fn sigterm_keeps_serving_until_the_app_disconnects() {
 
     signal(&child, "TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(child.try_wait().unwrap(), None, "still running while the app is connected");
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "still running while the app is connected"
+    );
     // New connections are still served while draining (an app flushing offsets).
     let mut late = FrameClient::connect(ns_listen).await;
     let (h, _) = late.call(&request(206, 2, &[]), b"").await;
@@ -89,7 +121,9 @@ async fn sigterm_keeps_serving_until_the_app_disconnects() {
 
     drop(app);
     drop(late);
-    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10))).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+        .await
+        .unwrap();
     assert_eq!(code, Some(0), "exits 0 once the last connection closed");
 }
 
@@ -104,7 +138,9 @@ async fn second_sigterm_exits_at_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(child.try_wait().unwrap(), None);
     signal(&child, "TERM");
-    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5))).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
+        .await
+        .unwrap();
     assert_eq!(code, Some(130));
 }
 

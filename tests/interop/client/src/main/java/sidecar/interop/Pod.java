@@ -302,7 +302,12 @@ public final class Pod {
             while (System.currentTimeMillis() < deadline && !shouldStop()) {
                 var rebalance = consumer.getDefaultMQPushConsumerImpl().getRebalanceImpl();
                 var all = rebalance.getTopicSubscribeInfoTable().get(topic);
-                int owned = rebalance.getProcessQueueTable().size();
+                int owned = 0;
+                for (var mq : rebalance.getProcessQueueTable().keySet()) {
+                    if (mq.getTopic().equals(topic)) {
+                        owned++;
+                    }
+                }
                 if (all != null && !all.isEmpty() && owned >= all.size()) {
                     assigned = true;
                     log("smoke %s: consumer owns %d/%d queues after %d ms", pod, owned, all.size(),
