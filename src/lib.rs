@@ -9,6 +9,7 @@
 //! - [`admin`]: the admin and health HTTP servers.
 //! - [`app`]: wiring, readiness and graceful shutdown.
 
+pub mod acl;
 pub mod admin;
 pub mod app;
 pub mod config;
