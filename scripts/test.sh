@@ -31,4 +31,4 @@ python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet pytest
 echo "== cargo build --release (the binary the interop suite runs)"
 cargo build --release --locked
 echo "== interop: real Apache RocketMQ + official Java client"
-python3 -m pytest tests/interop -v -rA --durations=0 "$@"
+RMQ_SIDECAR_BIN="$PWD/target/release/rmq-sidecar" python3 -m pytest tests/interop -v -rA --durations=0 "$@"

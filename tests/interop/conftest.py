@@ -1,0 +1,199 @@
+"""pytest fixtures for the rocketmq-sidecar interop tests (real Apache RocketMQ on loopback).
+
+Clusters are expensive (about 10-20 s to start a pair on 2 cores), so they are session-wide and
+managed by ``ClusterPairs``: at most one pair runs at a time, and tests are ordered so that all
+users of the "distinct" pair run before the users of the "same" pair (one switch per session).
+
+Pairs (old = RocketMQ 4.9.7 servers, new = 5.3.3; see harness.py for why not 4.9.8 servers):
+
+* ``distinct``: OldCluster/old-broker-a (namesrv :29876, broker :30911) and
+  NewCluster/new-broker-a (namesrv :39876, broker :40911)
+* ``same``: DefaultCluster/broker-a on both sides (namesrv :29886 / :39886, broker :30921 / :40921)
+
+A preferred port that is taken is replaced by the next free block (step 10). Every broker also
+binds port-2 and port+1 on all interfaces.
+
+Environment: ``RMQ_SIDECAR_BIN`` (binary to test), ``RMQ_INTEROP_BUILD_SIDECAR=1`` (run
+``cargo build`` first), ``RMQ_INTEROP_OLD_VERSION`` / ``RMQ_INTEROP_NEW_VERSION``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import Cluster  # noqa: E402
+
+PAIR_LAYOUT = {
+    "distinct": {
+        "old": dict(namesrv=29876, broker=30911, broker_name="old-broker-a", cluster_name="OldCluster"),
+        "new": dict(namesrv=39876, broker=40911, broker_name="new-broker-a", cluster_name="NewCluster"),
+    },
+    "same": {
+        "old": dict(namesrv=29886, broker=30921, broker_name="broker-a", cluster_name="DefaultCluster"),
+        "new": dict(namesrv=39886, broker=40921, broker_name="broker-a", cluster_name="DefaultCluster"),
+    },
+}
+
+
+@dataclasses.dataclass
+class ClusterPair:
+    kind: str
+    old: Cluster
+    new: Cluster
+
+    def alive(self) -> bool:
+        return self.old.alive() and self.new.alive()
+
+
+class ClusterPairs:
+    """Starts cluster pairs on demand; keeps one running; stops everything at session end."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.current: ClusterPair | None = None
+        self.failed: dict[str, BaseException] = {}
+
+    def get(self, kind: str) -> ClusterPair:
+        if self.current is not None and self.current.kind == kind and self.current.alive():
+            return self.current
+        if kind in self.failed:
+            raise harness.HarnessError(f"cluster pair '{kind}' failed to start earlier: {self.failed[kind]}")
+        self.stop()
+        layout = PAIR_LAYOUT[kind]
+        clusters = {}
+        for side, version in (("old", harness.OLD_SERVER_VERSION), ("new", harness.NEW_SERVER_VERSION)):
+            spec = layout[side]
+            ns = harness.reserve_port_block(spec["namesrv"], (0,), step=10)
+            br = harness.reserve_port_block(spec["broker"], harness.BROKER_PORT_OFFSETS, step=10)
+            clusters[side] = Cluster(version, f"{kind}-{side}", ns, br, spec["broker_name"],
+                                     spec["cluster_name"], self.run_dir / "clusters" / kind / side)
+        pair = ClusterPair(kind, clusters["old"], clusters["new"])
+        try:
+            harness.start_clusters(pair.old, pair.new)
+        except BaseException as e:
+            self.failed[kind] = e
+            raise
+        self.current = pair
+        return pair
+
+    def stop(self) -> None:
+        if self.current is not None:
+            harness.stop_clusters(self.current.old, self.current.new)
+            self.current = None
+
+    def running_clusters(self) -> list[Cluster]:
+        return [] if self.current is None else [self.current.old, self.current.new]
+
+
+# --------------------------------------------------------------------------- session fixtures
+
+
+@pytest.fixture(scope="session")
+def run_dir() -> Path:
+    d = harness.new_run_dir()
+    harness.log(f"interop run directory: {d}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def builds():
+    """Download the servers and build both client pods (cached in target/interop)."""
+    harness.ensure_admin_runner()
+    for v in (harness.OLD_SERVER_VERSION, harness.NEW_SERVER_VERSION):
+        harness.ensure_rocketmq(v)
+    return {v: harness.ensure_client(v) for v in (harness.OLD_CLIENT_VERSION, harness.NEW_CLIENT_VERSION)}
+
+
+@pytest.fixture(scope="session")
+def cluster_pairs(request, run_dir, builds):
+    pairs = ClusterPairs(run_dir)
+    request.config._interop_pairs = pairs
+    yield pairs
+    pairs.stop()
+    harness.kill_all_live()
+
+
+@pytest.fixture
+def pair_distinct(cluster_pairs) -> ClusterPair:
+    """Old 4.9.7 cluster ``old-broker-a`` + new 5.3.3 cluster ``new-broker-a``."""
+    return cluster_pairs.get("distinct")
+
+
+@pytest.fixture
+def pair_same(cluster_pairs) -> ClusterPair:
+    """Old 4.9.7 and new 5.3.3 clusters that both name their broker ``broker-a``."""
+    return cluster_pairs.get("same")
+
+
+@pytest.fixture
+def old_cluster(pair_distinct) -> Cluster:
+    return pair_distinct.old
+
+
+@pytest.fixture
+def new_cluster(pair_distinct) -> Cluster:
+    return pair_distinct.new
+
+
+@pytest.fixture(scope="session")
+def sidecar_binary() -> Path:
+    """The rmq-sidecar binary. A missing binary fails the test: a skipped interop check
+    would pass CI without proving anything."""
+    if os.environ.get("RMQ_INTEROP_BUILD_SIDECAR") == "1":
+        return harness.build_sidecar(release=os.environ.get("RMQ_INTEROP_RELEASE") == "1")
+    path = harness.find_sidecar_binary()
+    if path is None:
+        pytest.fail("rmq-sidecar binary not built: run `cargo build --release` (scripts/test.sh does), "
+                    "or set RMQ_SIDECAR_BIN")
+    harness.log(f"sidecar binary under test: {path}")
+    return path
+
+
+@pytest.fixture
+def test_dir(request, run_dir) -> Path:
+    """A per-test directory under the run directory (pods, sidecars, outputs)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
+    d = run_dir / "tests" / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _interop_log_marker(request):
+    """Remember which log sources existed before the test (for the failure dump)."""
+    request.node._interop_log_start = len(harness.LOG_SOURCES)
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the tails of every server, sidecar and pod log to the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and rep.when in ("setup", "call"):
+        start = getattr(item, "_interop_log_start", 0)
+        pairs = getattr(item.config, "_interop_pairs", None)
+        sources = list(pairs.running_clusters()) if pairs else []
+        for src in harness.LOG_SOURCES[start:]:
+            if src not in sources:
+                sources.append(src)
+        if sources:
+            rep.sections.append(("interop log tails", harness.dump_all_logs(sources, lines=40)))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print every migration accounting block of the session at the end, pass or fail."""
+    blocks = getattr(config, "_interop_accounting", [])
+    if blocks:
+        terminalreporter.section("interop migration accounting")
+        for b in blocks:
+            terminalreporter.write_line(b)
