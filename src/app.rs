@@ -83,7 +83,7 @@ impl App {
         if restored {
             tracing::info!(target = %route.current().target, generation = route.current().generation, "route restored from the state dir");
         }
-        let ctx = Arc::new(RelayContext::new(&config));
+        let ctx = Arc::new(RelayContext::new(&config, route.subscribe()));
         let listeners = Arc::new(ListenerRegistry::new(
             ctx.clone(),
             config.broker_bind,

@@ -445,3 +445,62 @@ fn rand_suffix() -> u128 {
         .map(|d| d.as_nanos())
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn connections_to_a_cluster_the_pod_left_are_retired_once_idle() {
+    let old_broker = FakeBroker::start("old-a", Duration::from_secs(3)).await;
+    let new_broker = FakeBroker::start("new-a", Duration::ZERO).await;
+    let old_ns =
+        FakeNameServer::start(routes("T", fastjson_route("broker-a", old_broker.addr))).await;
+    let new_ns =
+        FakeNameServer::start(routes("T", fastjson_route("broker-b", new_broker.addr))).await;
+    let config = sidecar_config(old_ns.addr, Some(new_ns.addr), "127.82.0.0/16", None)
+        .replace("[upstream]\n", "[upstream]\nretire_idle_seconds = 1\n");
+    let sidecar = start_sidecar(&config).await;
+    let (_, route, _) = route_of(sidecar.namesrv_addr, "T", 1).await;
+    let (_, old_local) = master_of(&route.expect("route"));
+
+    let mut idle_old = FrameClient::connect(old_local).await;
+    idle_old.call(&request(34, 1, &[]), b"{}").await;
+    let mut pulling_old = FrameClient::connect(old_local).await;
+    pulling_old.call(&request(34, 2, &[]), b"{}").await;
+
+    // While old is still the target, idleness alone closes nothing.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (resp, _) = idle_old.call(&request(30, 3, &[("topic", "T")]), b"").await;
+    assert_eq!(resp.ext("handledBy"), Some("old-a"));
+
+    http(
+        sidecar.admin_addr,
+        "PUT",
+        "/route",
+        Some("{\"target\":\"new\"}"),
+    )
+    .await;
+    // A pull held by the old broker is in flight: that connection must survive until the
+    // answer arrives (3 s), even though the app sends nothing meanwhile.
+    pulling_old
+        .send(&request(11, 4, &[("topic", "T")]), b"")
+        .await;
+    let f = pulling_old
+        .next()
+        .await
+        .expect("the held pull is answered, not cut");
+    assert_eq!((f.is_response(), f.opaque()), (true, 4));
+    assert!(
+        idle_old.closed().await,
+        "idle connection to the old cluster is retired"
+    );
+    assert!(
+        pulling_old.closed().await,
+        "retired once its pull was answered and it went idle"
+    );
+
+    // Connections to the current target stay open however idle they are.
+    let (_, route, _) = route_of(sidecar.namesrv_addr, "T", 5).await;
+    let (_, new_local) = master_of(&route.expect("route"));
+    let mut on_new = FrameClient::connect(new_local).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (resp, _) = on_new.call(&request(34, 6, &[]), b"{}").await;
+    assert_eq!(resp.ext("handledBy"), Some("new-a"));
+}

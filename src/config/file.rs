@@ -61,6 +61,9 @@ pub struct UpstreamFile {
     pub connect_timeout_ms: Option<u64>,
     /// How long one name server may take to answer before the next is tried.
     pub namesrv_timeout_ms: Option<u64>,
+    /// Close a connection to a cluster that is no longer the target after this long
+    /// without a request from the app (0 = never).
+    pub retire_idle_seconds: Option<u64>,
 }
 
 /// `[clusters]`

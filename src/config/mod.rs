@@ -124,6 +124,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Per-name-server answer timeout.
     pub namesrv_timeout: Duration,
+    /// Idle time after which a connection to a no-longer-targeted cluster is closed
+    /// (`None` = never).
+    pub retire_idle: Option<Duration>,
     /// The old cluster.
     pub old: ClusterConfig,
     /// The new cluster.
@@ -342,6 +345,18 @@ impl Config {
             3000,
         )?;
 
+        let retire_idle = match file.upstream.retire_idle_seconds.unwrap_or(45) {
+            0 => None,
+            s @ 1..=3600 => Some(Duration::from_secs(s)),
+            s => {
+                return Err(ConfigError::Invalid {
+                    key: "upstream.retire_idle_seconds",
+                    message: format!("{s} is outside 0..=3600 seconds (0 = never)"),
+                    env: None,
+                })
+            }
+        };
+
         let clusters = file.clusters;
         let old = cluster(
             Target::Old,
@@ -416,6 +431,7 @@ impl Config {
             admin_token_file,
             connect_timeout,
             namesrv_timeout,
+            retire_idle,
             old,
             new,
         })

@@ -12,7 +12,10 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::config::{Config, Target};
+use crate::routing::RouteState;
 
 pub use conns::ConnTracker;
 pub use rename::Renamer;
@@ -40,6 +43,10 @@ pub struct RelayContext {
     pub frame_max_bytes: usize,
     /// Connect timeout to brokers.
     pub connect_timeout: Duration,
+    /// The pod's route, to retire connections to a cluster it has left.
+    pub route: watch::Receiver<RouteState>,
+    /// Idle time before such a connection is closed (`None` = never).
+    pub retire_idle: Option<Duration>,
 }
 
 /// Index of a cluster in [`RelayContext::clusters`].
@@ -54,7 +61,7 @@ pub fn cluster_index(target: Target) -> usize {
 
 impl RelayContext {
     /// Builds the clusters from the config.
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, route: watch::Receiver<RouteState>) -> Self {
         let make = |target: Target| {
             let c = config.cluster(target);
             Arc::new(Cluster {
@@ -74,6 +81,8 @@ impl RelayContext {
             conns: ConnTracker::default(),
             frame_max_bytes: config.frame_max_bytes,
             connect_timeout: config.connect_timeout,
+            route,
+            retire_idle: config.retire_idle,
         }
     }
 

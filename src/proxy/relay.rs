@@ -6,7 +6,9 @@
 //! clients and brokers run their own idle timers. When one side closes, so does the other.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -74,22 +76,103 @@ pub async fn run(
     let (broker_rd, broker_wr) = broker.into_split();
     let max = ctx.frame_max_bytes;
 
+    let activity = Arc::new(Activity::new());
     let rw_up = rewriter.clone();
-    let up = pump(client_rd, broker_wr, max, move |f| match &rw_up {
-        Some(rw) => rw.client_to_broker(f),
-        None => Ok(f.into_bytes()),
+    let act_up = activity.clone();
+    let up = pump(client_rd, broker_wr, max, move |f| {
+        act_up.client_frame(&f);
+        match &rw_up {
+            Some(rw) => rw.client_to_broker(f),
+            None => Ok(f.into_bytes()),
+        }
     });
     let rw_down = rewriter;
-    let down = pump(broker_rd, client_wr, max, move |f| match &rw_down {
-        Some(rw) => rw.broker_to_client(f),
-        None => Ok(f.into_bytes()),
+    let act_down = activity.clone();
+    let down = pump(broker_rd, client_wr, max, move |f| {
+        act_down.broker_frame(&f);
+        match &rw_down {
+            Some(rw) => rw.broker_to_client(f),
+            None => Ok(f.into_bytes()),
+        }
     });
+    let retire = retire_when_left_behind(&ctx, cluster, &activity);
 
     tokio::select! {
         end = up => log_end(peer, cluster, &upstream, "client", end),
         end = down => log_end(peer, cluster, &upstream, "broker", end),
+        idle = retire => tracing::info!(
+            %peer, %cluster, %upstream, idle_seconds = idle.as_secs(),
+            "closing connection to a cluster this pod has left: the app has stopped using it"
+        ),
     }
     // Returning drops both halves of both sockets: the other side is closed too.
+}
+
+/// When the app last spoke on a connection, and how many of its requests await answers.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    last_client_ms: AtomicU64,
+    in_flight: AtomicI64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_client_ms: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+        }
+    }
+
+    fn client_frame(&self, f: &RawFrame) {
+        self.last_client_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if !f.is_response() && !f.is_oneway() {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn broker_frame(&self, f: &RawFrame) {
+        if f.is_response() {
+            // Saturating: a late answer to a request sent before a count could not matter.
+            let _ = self
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some((n - 1).max(0))
+                });
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_client_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// Resolves when the pod's target is another cluster, nothing the app asked is pending,
+/// and the app has sent nothing for `retire_idle`: the client has dropped this broker
+/// (Java and Go clients heartbeat every broker they use every 30 s). Closing the
+/// connection then lets the broker move the app's queues to other group members at
+/// once instead of after its 120 s channel expiry. Never resolves when disabled.
+async fn retire_when_left_behind(
+    ctx: &RelayContext,
+    cluster: Target,
+    activity: &Activity,
+) -> Duration {
+    let Some(idle) = ctx.retire_idle else {
+        return std::future::pending().await;
+    };
+    let tick = (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(tick).await;
+        if ctx.route.borrow().target != cluster
+            && activity.in_flight.load(Ordering::Relaxed) == 0
+            && activity.idle_for() >= idle
+        {
+            return activity.idle_for();
+        }
+    }
 }
 
 fn log_end(peer: SocketAddr, cluster: Target, upstream: &str, side: &str, end: PumpEnd) {

@@ -31,6 +31,7 @@ import fcntl
 import hashlib
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -1154,6 +1155,8 @@ class Sidecar:
         self.log_path = self.workdir / "sidecar.log"
         self.proc: ManagedProcess | None = None
         self.switches: list[tuple[float, str, int, object]] = []
+        self.idle_memory_kib: dict = {}
+        self.final_memory_kib: dict = {}
 
     def __repr__(self) -> str:
         return f"Sidecar({self.name} namesrv {self.namesrv_addr} admin {self.admin_port} " \
@@ -1214,6 +1217,7 @@ class Sidecar:
             f"bind {self.slot.broker_bind}, fallback {self.slot.fallback_lo}-{self.slot.fallback_hi}")
         wait_until(lambda: self.ready(), ready_timeout, f"sidecar {self.name} GET /ready == 200", 0.2,
                    self.proc.exited_reason)
+        self.idle_memory_kib = self.memory_kib()
         return self
 
     # ---- HTTP admin API
@@ -1269,10 +1273,22 @@ class Sidecar:
     def alive(self) -> bool:
         return bool(self.proc and self.proc.alive())
 
+    def memory_kib(self) -> dict:
+        """Current (VmRSS) and peak (VmHWM) resident memory of the sidecar process, in KiB."""
+        out = {}
+        pid = self.proc.pid if self.proc else None
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(rest.split()[0])
+        return out
+
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM (drains up to drain_seconds), bounded wait, then SIGKILL."""
         if self.proc is None:
             return None
+        self.final_memory_kib = self.memory_kib()
         rc = self.proc.stop(timeout if timeout is not None else self.drain_seconds + 10)
         log(f"sidecar {self.name}: stopped rc={rc}")
         return rc
@@ -1335,6 +1351,8 @@ class MigrationReport:
     new_final_lag: int | None = None
     timeline: list = dataclasses.field(default_factory=list)
     sidecar_exit_codes: dict = dataclasses.field(default_factory=dict)
+    #: name -> (RSS KiB right after ready, peak RSS KiB over the run)
+    sidecar_memory_kib: dict = dataclasses.field(default_factory=dict)
     error: str | None = None
     elapsed_s: float = 0.0
 
@@ -1368,6 +1386,8 @@ class MigrationReport:
             f" final lag     old = {self.old_final_lag}, new = {self.new_final_lag} (group {self.group})",
             " timeline      " + ("\n               ".join(self.timeline) or "-"),
             f" sidecars      exit codes after SIGTERM: {self.sidecar_exit_codes}",
+            " sidecar RSS   " + ("; ".join(f"{n}: idle {i / 1024:.1f} MiB, peak {p / 1024:.1f} MiB"
+                                          for n, (i, p) in self.sidecar_memory_kib.items()) or "-"),
             f" result        {'ABORTED: ' + self.error.splitlines()[0][:400] if self.error else 'scenario completed'}",
             f" elapsed       {self.elapsed_s:.1f}s",
             bar,
@@ -1432,9 +1452,15 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
     sidecars: list[Sidecar] = []
     pods: dict[str, Pod] = {}
 
+    # The sidecar closes a connection to the cluster a pod has left once the client has been
+    # silent on it for a few heartbeat intervals (it heartbeats every broker it still uses);
+    # with the default 30 s heartbeat that is the sidecar's default of 45 s.
+    retire_s = 45 if timers.heartbeat_s >= 30 else max(3, math.ceil(3 * timers.heartbeat_s))
+
     def sidecar(n: str) -> Sidecar:
         sc = Sidecar(n, old_namesrv=old.namesrv_addr, new_namesrv=new.namesrv_addr, workdir=workdir,
-                     target="old", binary=sidecar_binary, broker_name_prefix=broker_name_prefix)
+                     target="old", binary=sidecar_binary, broker_name_prefix=broker_name_prefix,
+                     extra_toml=f"[upstream]\nretire_idle_seconds = {retire_s}\n")
         sidecars.append(sc)
         return sc.start()
 
@@ -1556,6 +1582,8 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
             with contextlib.suppress(Exception):
                 rc = sc.stop()
                 report.sidecar_exit_codes[sc.name] = rc
+                report.sidecar_memory_kib[sc.name] = (sc.idle_memory_kib.get("VmRSS", 0),
+                                                      sc.final_memory_kib.get("VmHWM", 0))
         report.elapsed_s = time.monotonic() - t0
     return report
 

@@ -11,6 +11,7 @@ import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.text.SimpleDateFormat;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Date;
 import java.util.HashMap;
 import java.util.LinkedHashSet;
@@ -56,6 +57,10 @@ import org.apache.rocketmq.common.message.MessageExt;
  *       consume them back with a push consumer in the same JVM; exit 0 only if all arrived.</li>
  *   <li>{@code query-keys --topic T --keys k1,k2 | --keys-file F}: ask the brokers (QUERY_MESSAGE via
  *       the key index) whether each key is stored; prints {@code FOUND/MISSING} lines.</li>
+ *   <li>{@code latency --topic T --group G --direct-namesrv A --sidecar-namesrv B [--rounds R]
+ *       [--per-round N] [--warmup W]}: 1 KiB sync sends straight to the cluster and through a
+ *       sidecar in alternating rounds; prints {@code LATENCY {json}} (used by
+ *       {@code benches/interop_latency.py}).</li>
  * </ul>
  *
  * <p>Common options: {@code --pod NAME} (also the client instanceName), {@code --poll-ns-ms},
@@ -134,10 +139,78 @@ public final class Pod {
                 return runSmoke();
             case "query-keys":
                 return runQueryKeys();
+            case "latency":
+                return runLatency();
             default:
                 usage("unknown mode " + mode);
                 return 2;
         }
+    }
+
+    // ------------------------------------------------------------------ latency
+
+    /**
+     * Synchronous send latency, direct vs through a sidecar, in one JVM: two producers (one per
+     * name server: {@code --direct-namesrv}, {@code --sidecar-namesrv}) send 1 KiB messages in
+     * alternating rounds so both paths see the same JVM and machine state. Prints one line
+     * {@code LATENCY {json}} with median and p99 per path, in microseconds.
+     */
+    private int runLatency() throws Exception {
+        String topic = need("topic");
+        String group = need("group");
+        int rounds = Integer.parseInt(opts.getOrDefault("rounds", "10"));
+        int perRound = Integer.parseInt(opts.getOrDefault("per-round", "200"));
+        int warmup = Integer.parseInt(opts.getOrDefault("warmup", "300"));
+        DefaultMQProducer direct = new DefaultMQProducer(group + "_direct");
+        direct.setNamesrvAddr(need("direct-namesrv"));
+        direct.setInstanceName(pod + "-direct");
+        DefaultMQProducer relayed = new DefaultMQProducer(group + "_sidecar");
+        relayed.setNamesrvAddr(need("sidecar-namesrv"));
+        relayed.setInstanceName(pod + "-sidecar");
+        direct.start();
+        relayed.start();
+        byte[] body = new byte[1024];
+        try {
+            for (int i = 0; i < warmup; i++) {
+                sendTimed(direct, topic, body);
+                sendTimed(relayed, topic, body);
+            }
+            long[] d = new long[rounds * perRound];
+            long[] r = new long[rounds * perRound];
+            int n = 0;
+            for (int round = 0; round < rounds; round++) {
+                for (int i = 0; i < perRound; i++) {
+                    d[n + i] = sendTimed(direct, topic, body);
+                }
+                for (int i = 0; i < perRound; i++) {
+                    r[n + i] = sendTimed(relayed, topic, body);
+                }
+                n += perRound;
+            }
+            Arrays.sort(d);
+            Arrays.sort(r);
+            OUT.printf("LATENCY {\"samples\":%d,\"direct_median_us\":%.1f,\"direct_p99_us\":%.1f,"
+                    + "\"sidecar_median_us\":%.1f,\"sidecar_p99_us\":%.1f}%n",
+                    n, pct(d, 0.5), pct(d, 0.99), pct(r, 0.5), pct(r, 0.99));
+        } finally {
+            direct.shutdown();
+            relayed.shutdown();
+        }
+        return 0;
+    }
+
+    private static long sendTimed(DefaultMQProducer p, String topic, byte[] body) throws Exception {
+        long t = System.nanoTime();
+        SendResult res = p.send(new Message(topic, body), 3000);
+        long dt = System.nanoTime() - t;
+        if (res.getSendStatus() != SendStatus.SEND_OK) {
+            throw new IllegalStateException("send status " + res.getSendStatus());
+        }
+        return dt;
+    }
+
+    private static double pct(long[] sorted, double q) {
+        return sorted[(int) Math.round((sorted.length - 1) * q)] / 1000.0;
     }
 
     // ------------------------------------------------------------------ producer
@@ -497,7 +570,7 @@ public final class Pod {
 
     private static void usage(String why) {
         ERR.println("error: " + why);
-        ERR.println("usage: Pod producer|consumer|smoke|query-keys --namesrv ADDR --topic T [--group G]"
+        ERR.println("usage: Pod producer|consumer|smoke|query-keys|latency --namesrv ADDR --topic T [--group G]"
                 + " [--out FILE] [--pod NAME] [--rate N] [--count N|--forever] [--send-timeout-ms MS]"
                 + " [--poll-ns-ms MS] [--heartbeat-ms MS] [--persist-offset-ms MS] [--rebalance-ms MS]"
                 + " [--consume-from last|first] [--timeout-s S] [--keys k1,k2|--keys-file F]");
