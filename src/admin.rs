@@ -8,6 +8,8 @@
 //! - `PUT /route` `{"target":"old"|"new"}` switches (idempotent); 400 with a reason for
 //!   anything invalid, the running state unchanged.
 //! - `GET /listeners` upstream broker address to local listener mappings.
+//! - `POST /credentials/check` runs the credential check of every cluster with
+//!   credentials now and answers the `credentials` part of `GET /route`.
 //!
 //! Health port (`listen.health`, reachable by the kubelet and Prometheus), read-only:
 //! `GET /live`, `GET /ready`, `GET /route`. Mutations answer 405 there.
@@ -34,6 +36,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, Target};
 use crate::health::Health;
+use crate::proxy::check;
 use crate::proxy::listeners::ListenerRegistry;
 use crate::proxy::RelayContext;
 use crate::routing::{RouteSwitch, SwitchError};
@@ -133,11 +136,25 @@ pub async fn handle(
             }
             put_route(state, peer, req).await
         }
+        (Port::Admin, &Method::POST, "/credentials/check") => {
+            if let Some(refusal) = authorize(state, peer, &req) {
+                return refusal;
+            }
+            for cluster in &state.ctx.clusters {
+                if cluster.signer.is_configured() && !cluster.namesrv.addrs().is_empty() {
+                    let topic = cluster.check_topic.as_deref();
+                    let cfg = &state.config;
+                    check::run(cluster, topic, cfg.namesrv_timeout, cfg.frame_max_bytes).await;
+                }
+            }
+            tracing::info!(%peer, "credential check run on request");
+            json_response(StatusCode::OK, credentials_json(state))
+        }
         (Port::Health, m, "/route") if m != Method::GET => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "the health port is read-only; send mutations to the admin port",
         ),
-        (_, _, "/live" | "/ready" | "/route" | "/listeners" | "/") => error(
+        (_, _, "/live" | "/ready" | "/route" | "/listeners" | "/credentials/check" | "/") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{method} is not allowed on {path}"),
         ),
@@ -262,7 +279,39 @@ pub fn route_json(state: &AdminState) -> serde_json::Value {
         "last_failure": state.health.last_failure(),
         "client_connections": state.ctx.conns.count(),
         "clusters": { "old": cluster(Target::Old), "new": cluster(Target::New) },
+        "credentials": credentials_json(state),
     })
+}
+
+/// Per cluster: whether requests are signed, with what (AccessKey shortened; the
+/// SecretKey never appears), and the last credential check.
+pub fn credentials_json(state: &AdminState) -> serde_json::Value {
+    let one = |t: Target| {
+        let s = &state.ctx.cluster(t).signer;
+        let rule = match s.rule() {
+            crate::acl::UniqueKeyRule::Excluded => "v4",
+            crate::acl::UniqueKeyRule::ByRequestVersion => "v5",
+        };
+        let check = match s.last_check() {
+            Some(c) => serde_json::to_value(c).unwrap_or_default(),
+            None => json!({
+                "outcome": "not_checked",
+                "detail": if s.is_configured() { "not run yet" } else { "no credentials configured for this cluster" },
+                "at_ms": 0,
+            }),
+        };
+        json!({
+            "configured": s.is_configured(),
+            "access_key": s.access_key_hint(),
+            "unique_key_rule": rule,
+            "server_version": s.server_version(),
+            "signed_requests": s.signed(),
+            "refusals": s.rejections(),
+            "reloads": { "updated": s.store().updates(), "failed": s.store().failures() },
+            "check": check,
+        })
+    };
+    json!({ "old": one(Target::Old), "new": one(Target::New) })
 }
 
 fn index_json() -> serde_json::Value {
@@ -274,6 +323,7 @@ fn index_json() -> serde_json::Value {
             {"method": "GET", "path": "/route", "about": "target, generation, upstream health"},
             {"method": "PUT", "path": "/route", "about": "switch: {\"target\":\"old\"|\"new\"}"},
             {"method": "GET", "path": "/listeners", "about": "upstream broker -> local listener map"},
+            {"method": "POST", "path": "/credentials/check", "about": "run the credential check of every cluster now"},
         ]
     })
 }

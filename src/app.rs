@@ -8,11 +8,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::acl::credentials::ReloadOutcome;
 use crate::admin::{self, AdminState, Port};
 use crate::config::Config;
 use crate::health::Health;
 use crate::protocol::code::request;
 use crate::protocol::Header;
+use crate::proxy::check;
 use crate::proxy::listeners::{self, ListenerRegistry};
 use crate::proxy::namesrv::NameServerRole;
 use crate::proxy::{ConnTracker, RelayContext};
@@ -37,6 +39,14 @@ pub enum StartError {
     /// Persisted listener map unreadable.
     #[error("cannot restore broker listeners: {0}")]
     Listeners(std::io::Error),
+    /// A cluster's credentials cannot be loaded.
+    #[error("credentials of cluster '{target}': {source}")]
+    Credentials {
+        /// Which cluster.
+        target: crate::config::Target,
+        /// Why (never contains a secret).
+        source: crate::acl::credentials::CredentialError,
+    },
 }
 
 /// The sidecar, configured but not started.
@@ -83,7 +93,10 @@ impl App {
         if restored {
             tracing::info!(target = %route.current().target, generation = route.current().generation, "route restored from the state dir");
         }
-        let ctx = Arc::new(RelayContext::new(&config, route.subscribe()));
+        let ctx = Arc::new(
+            RelayContext::new(&config, route.subscribe())
+                .map_err(|(target, source)| StartError::Credentials { target, source })?,
+        );
         let listeners = Arc::new(ListenerRegistry::new(
             ctx.clone(),
             config.broker_bind,
@@ -136,6 +149,7 @@ impl App {
                 route.clone(),
                 health.clone(),
             )),
+            tokio::spawn(watch_credentials(ctx.clone(), config.namesrv_timeout)),
         ];
         tracing::info!(
             namesrv = %namesrv_addr,
@@ -181,6 +195,51 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.abort();
+    }
+}
+
+/// How often credential files are re-read.
+const CREDENTIAL_RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Checks every cluster's credentials at startup and after every change, and re-reads
+/// credential files every [`CREDENTIAL_RELOAD_EVERY`] (a kubelet Secret update swaps a
+/// `..data` symlink; the new content is picked up at the next read).
+async fn watch_credentials(ctx: Arc<RelayContext>, timeout: Duration) {
+    let configured: Vec<_> = ctx
+        .clusters
+        .iter()
+        .filter(|c| c.signer.is_configured())
+        .cloned()
+        .collect();
+    if configured.is_empty() {
+        return;
+    }
+    for cluster in &configured {
+        if !cluster.namesrv.addrs().is_empty() {
+            check::run(
+                cluster,
+                cluster.check_topic.as_deref(),
+                timeout,
+                ctx.frame_max_bytes,
+            )
+            .await;
+        }
+    }
+    loop {
+        tokio::time::sleep(CREDENTIAL_RELOAD_EVERY).await;
+        for cluster in &configured {
+            if cluster.signer.reload() == ReloadOutcome::Updated
+                && !cluster.namesrv.addrs().is_empty()
+            {
+                check::run(
+                    cluster,
+                    cluster.check_topic.as_deref(),
+                    timeout,
+                    ctx.frame_max_bytes,
+                )
+                .await;
+            }
+        }
     }
 }
 

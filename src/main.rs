@@ -77,6 +77,22 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
+        for c in [&config.old, &config.new] {
+            if let Err(e) =
+                rocketmq_sidecar::acl::credentials::CredentialStore::new(c.credentials.clone())
+            {
+                eprintln!(
+                    "rmq-sidecar: invalid configuration: credentials of cluster '{}': {e}",
+                    c.target
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            println!(
+                "credentials of cluster '{}': {}",
+                c.target,
+                c.credentials.describe()
+            );
+        }
         println!(
             "configuration is valid: target={} old={} new={} namesrv listen={}",
             config.target,

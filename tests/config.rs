@@ -153,11 +153,90 @@ fn bad_values_name_their_key() {
 #[test]
 fn unknown_keys_are_refused() {
     let e = err(
-        "[clusters.old]\nnamesrv = \"a:1\"\nsecret_key = \"x\"\n",
+        "[clusters.old]\nnamesrv = \"a:1\"\nnamesrv_list = \"x\"\n",
         &[],
     );
     assert!(
-        e.contains("unknown field") && e.contains("secret_key"),
+        e.contains("unknown field") && e.contains("namesrv_list"),
         "{e}"
     );
+}
+
+#[test]
+fn secrets_are_never_inline() {
+    let e = err(
+        "[clusters.old]\nnamesrv = \"a:1\"\n[clusters.new]\nsecret_key = \"hunter22\"\n",
+        &[],
+    );
+    assert!(
+        e.contains("clusters.new.secret_key")
+            && e.contains("secret_key_file")
+            && e.contains("RMQ_SIDECAR_NEW_SECRET_KEY"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("hunter22"),
+        "the refused value is not echoed: {e}"
+    );
+    let e = err(
+        "[clusters.old]\nnamesrv = \"a:1\"\nsecurity_token = \"t\"\n",
+        &[],
+    );
+    assert!(e.contains("clusters.old.security_token"), "{e}");
+}
+
+#[test]
+fn credential_sources_come_from_env_before_the_file() {
+    use rocketmq_sidecar::acl::credentials::Source;
+    let text = "[clusters.old]\nnamesrv = \"a:1\"\n[clusters.new]\naccess_key = \"file-ak\"\nsecret_key_file = \"/etc/sk\"\nunique_key_rule = \"v4\"\ncheck_topic = \"T\"\n";
+    let c = Config::from_toml_str(text, &env(&[])).unwrap();
+    assert_eq!(
+        c.new.credentials.access_key,
+        Some(Source::Value("file-ak".into()))
+    );
+    assert_eq!(
+        c.new.credentials.secret_key,
+        Some(Source::File("/etc/sk".into()))
+    );
+    assert_eq!(c.new.check_topic.as_deref(), Some("T"));
+    let c = Config::from_toml_str(
+        text,
+        &env(&[
+            ("RMQ_SIDECAR_NEW_ACCESS_KEY_FILE", "/run/ak"),
+            ("RMQ_SIDECAR_NEW_SECRET_KEY", "from-env"),
+            ("RMQ_SIDECAR_NEW_SECURITY_TOKEN_FILE", "/run/token"),
+            ("RMQ_SIDECAR_OLD_ACCESS_KEY", "old-ak"),
+            ("RMQ_SIDECAR_OLD_SECRET_KEY_FILE", "/run/old-sk"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.new.credentials.access_key,
+        Some(Source::File("/run/ak".into()))
+    );
+    assert_eq!(
+        c.new.credentials.secret_key,
+        Some(Source::Value("from-env".into()))
+    );
+    assert_eq!(
+        c.new.credentials.security_token,
+        Some(Source::File("/run/token".into()))
+    );
+    assert_eq!(
+        c.old.credentials.access_key,
+        Some(Source::Value("old-ak".into()))
+    );
+    assert_eq!(
+        c.old.credentials.secret_key,
+        Some(Source::File("/run/old-sk".into()))
+    );
+    assert!(
+        !format!("{c:?}").contains("from-env"),
+        "Debug of a config never shows a secret"
+    );
+    let e = err(
+        "[clusters.old]\nnamesrv = \"a:1\"\nunique_key_rule = \"v6\"\n",
+        &[],
+    );
+    assert!(e.contains("clusters.old.unique_key_rule"), "{e}");
 }

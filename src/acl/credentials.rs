@@ -10,13 +10,22 @@ use std::sync::{Arc, RwLock};
 
 use super::sign::{Credentials, SecretKey};
 
-/// Where one credential value comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where one credential value comes from. `Debug` never shows a value.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Source {
     /// Given directly (an environment variable, or `access_key` in config.toml).
     Value(String),
     /// Read from a file on every reload; surrounding whitespace is trimmed.
     File(PathBuf),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Value(_) => f.write_str("Value(<redacted>)"),
+            Source::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
 }
 
 /// The sources of one cluster's credentials.
@@ -77,6 +86,24 @@ impl CredentialSources {
     /// True when nothing is configured (requests pass as the app sent them).
     pub fn is_empty(&self) -> bool {
         self.access_key.is_none() && self.secret_key.is_none() && self.security_token.is_none()
+    }
+
+    /// Where each value comes from, for operators (never the values themselves).
+    pub fn describe(&self) -> String {
+        if self.is_empty() {
+            return "none (requests pass as the app sent them)".to_owned();
+        }
+        let one = |name: &str, s: &Option<Source>| match s {
+            None => format!("{name}: -"),
+            Some(Source::Value(_)) => format!("{name}: value"),
+            Some(Source::File(p)) => format!("{name}: file {}", p.display()),
+        };
+        [
+            one("AccessKey", &self.access_key),
+            one("SecretKey", &self.secret_key),
+            one("SecurityToken", &self.security_token),
+        ]
+        .join(", ")
     }
 
     /// Reads every source. `Ok(None)` when nothing is configured.

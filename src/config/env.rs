@@ -38,6 +38,48 @@ pub const LOG: &str = "RMQ_SIDECAR_LOG";
 /// Log format ("text" or "json").
 pub const LOG_FORMAT: &str = "RMQ_SIDECAR_LOG_FORMAT";
 
+/// Credential variables of one cluster: (value, file) pairs.
+pub struct CredentialVars {
+    /// AccessKey value / file.
+    pub access_key: (&'static str, &'static str),
+    /// SecretKey value / file.
+    pub secret_key: (&'static str, &'static str),
+    /// SecurityToken value / file.
+    pub security_token: (&'static str, &'static str),
+}
+
+/// The old cluster's credential variables.
+pub const OLD_CREDENTIALS: CredentialVars = CredentialVars {
+    access_key: (
+        "RMQ_SIDECAR_OLD_ACCESS_KEY",
+        "RMQ_SIDECAR_OLD_ACCESS_KEY_FILE",
+    ),
+    secret_key: (
+        "RMQ_SIDECAR_OLD_SECRET_KEY",
+        "RMQ_SIDECAR_OLD_SECRET_KEY_FILE",
+    ),
+    security_token: (
+        "RMQ_SIDECAR_OLD_SECURITY_TOKEN",
+        "RMQ_SIDECAR_OLD_SECURITY_TOKEN_FILE",
+    ),
+};
+
+/// The new cluster's credential variables.
+pub const NEW_CREDENTIALS: CredentialVars = CredentialVars {
+    access_key: (
+        "RMQ_SIDECAR_NEW_ACCESS_KEY",
+        "RMQ_SIDECAR_NEW_ACCESS_KEY_FILE",
+    ),
+    secret_key: (
+        "RMQ_SIDECAR_NEW_SECRET_KEY",
+        "RMQ_SIDECAR_NEW_SECRET_KEY_FILE",
+    ),
+    security_token: (
+        "RMQ_SIDECAR_NEW_SECURITY_TOKEN",
+        "RMQ_SIDECAR_NEW_SECURITY_TOKEN_FILE",
+    ),
+};
+
 // === impl ProcessEnv ===
 
 impl Env for ProcessEnv {

@@ -84,4 +84,20 @@ pub struct ClusterFile {
     pub namesrv: Option<String>,
     /// Prefix added to this cluster's broker names as the app sees them.
     pub broker_name_prefix: Option<String>,
+    /// AccessKey, inline (not a secret by itself).
+    pub access_key: Option<String>,
+    /// File holding the AccessKey.
+    pub access_key_file: Option<String>,
+    /// File holding the SecretKey (a mounted Secret). There is no inline form.
+    pub secret_key_file: Option<String>,
+    /// File holding an optional SecurityToken.
+    pub security_token_file: Option<String>,
+    /// Refused with a clear message: secrets are never inline in config.toml.
+    pub secret_key: Option<toml::Value>,
+    /// Refused with a clear message: secrets are never inline in config.toml.
+    pub security_token: Option<toml::Value>,
+    /// Which `_UNIQUE_KEY_QUERY` signing rule the cluster's servers apply: auto, v4 or v5.
+    pub unique_key_rule: Option<String>,
+    /// Topic used by the credential check to find a broker (optional).
+    pub check_topic: Option<String>,
 }

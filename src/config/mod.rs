@@ -13,6 +13,7 @@ use std::time::Duration;
 pub use env::{Env, ProcessEnv};
 pub use file::ConfigFile;
 
+use crate::acl::credentials::{CredentialSources, Source};
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
 
 /// Default name-server listen address (the app's NAMESRV_ADDR).
@@ -82,6 +83,23 @@ pub struct ClusterConfig {
     pub namesrv: Vec<String>,
     /// Prefix added to broker names the app sees ("" = names unchanged).
     pub broker_name_prefix: String,
+    /// Where this cluster's ACL credentials come from (empty = requests pass unsigned).
+    pub credentials: CredentialSources,
+    /// Which `_UNIQUE_KEY_QUERY` signing rule its servers apply.
+    pub unique_key_rule: UniqueKeyRuleSetting,
+    /// Topic whose route the credential check uses to find a broker.
+    pub check_topic: Option<String>,
+}
+
+/// `unique_key_rule`: how the cluster's servers treat `_UNIQUE_KEY_QUERY` in signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UniqueKeyRuleSetting {
+    /// Follow the version the cluster's name servers report (4.x or 5.x).
+    Auto,
+    /// 4.9.x servers: never signed.
+    V4,
+    /// 5.x servers: signed for clients at 4.9.4 or later.
+    V5,
 }
 
 /// Log output format.
@@ -358,21 +376,8 @@ impl Config {
         };
 
         let clusters = file.clusters;
-        let old = cluster(
-            Target::Old,
-            "clusters.old.namesrv",
-            pick(env::OLD_NAMESRV, clusters.old.namesrv),
-            clusters.old.broker_name_prefix.unwrap_or_default(),
-        )?;
-        let new = cluster(
-            Target::New,
-            "clusters.new.namesrv",
-            pick(env::NEW_NAMESRV, clusters.new.namesrv),
-            clusters
-                .new
-                .broker_name_prefix
-                .unwrap_or_else(|| DEFAULT_NEW_PREFIX.to_owned()),
-        )?;
+        let old = cluster(Target::Old, clusters.old, env)?;
+        let new = cluster(Target::New, clusters.new, env)?;
         for (key, c) in [
             ("clusters.old.broker_name_prefix", &old),
             ("clusters.new.broker_name_prefix", &new),
@@ -470,22 +475,136 @@ fn millis(key: &'static str, value: Option<u64>, default: u64) -> Result<Duratio
     }
 }
 
+/// Dotted keys of one cluster's section, for error messages.
+struct ClusterKeys {
+    namesrv: &'static str,
+    secret_key: &'static str,
+    security_token: &'static str,
+    unique_key_rule: &'static str,
+    check_topic: &'static str,
+}
+
 fn cluster(
     target: Target,
-    key: &'static str,
-    (value, env): (Option<String>, Option<&'static str>),
-    broker_name_prefix: String,
+    file: file::ClusterFile,
+    env: &dyn Env,
 ) -> Result<ClusterConfig, ConfigError> {
-    let namesrv = match value {
+    let (keys, ns_var, vars) = match target {
+        Target::Old => (
+            ClusterKeys {
+                namesrv: "clusters.old.namesrv",
+                secret_key: "clusters.old.secret_key",
+                security_token: "clusters.old.security_token",
+                unique_key_rule: "clusters.old.unique_key_rule",
+                check_topic: "clusters.old.check_topic",
+            },
+            env::OLD_NAMESRV,
+            env::OLD_CREDENTIALS,
+        ),
+        Target::New => (
+            ClusterKeys {
+                namesrv: "clusters.new.namesrv",
+                secret_key: "clusters.new.secret_key",
+                security_token: "clusters.new.security_token",
+                unique_key_rule: "clusters.new.unique_key_rule",
+                check_topic: "clusters.new.check_topic",
+            },
+            env::NEW_NAMESRV,
+            env::NEW_CREDENTIALS,
+        ),
+    };
+    let (ns_value, ns_env) = match env.var(ns_var) {
+        Some(v) => (Some(v), Some(ns_var)),
+        None => (file.namesrv, None),
+    };
+    let namesrv = match ns_value {
         None => Vec::new(),
-        Some(s) => {
-            parse_namesrv_list(&s).map_err(|message| ConfigError::Invalid { key, message, env })?
+        Some(s) => parse_namesrv_list(&s).map_err(|message| ConfigError::Invalid {
+            key: keys.namesrv,
+            message,
+            env: ns_env,
+        })?,
+    };
+    let inline_secret = |key: &'static str, file_key: &str, var: &str| {
+        ConfigError::Invalid {
+        key,
+        message: format!(
+            "secrets are never written inline in config.toml; use {file_key} (a mounted Secret) or {var}"
+        ),
+        env: None,
+    }
+    };
+    if file.secret_key.is_some() {
+        return Err(inline_secret(
+            keys.secret_key,
+            "secret_key_file",
+            vars.secret_key.0,
+        ));
+    }
+    if file.security_token.is_some() {
+        return Err(inline_secret(
+            keys.security_token,
+            "security_token_file",
+            vars.security_token.0,
+        ));
+    }
+    // Environment first (value, then file), then config.toml.
+    let source = |(value_var, file_var): (&'static str, &'static str),
+                  inline: Option<String>,
+                  from_file: Option<String>| {
+        env.var(value_var)
+            .map(Source::Value)
+            .or_else(|| env.var(file_var).map(|p| Source::File(PathBuf::from(p))))
+            .or_else(|| inline.filter(|v| !v.trim().is_empty()).map(Source::Value))
+            .or_else(|| {
+                from_file
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|p| Source::File(PathBuf::from(p)))
+            })
+    };
+    let credentials = CredentialSources {
+        access_key: source(vars.access_key, file.access_key, file.access_key_file),
+        secret_key: source(vars.secret_key, None, file.secret_key_file),
+        security_token: source(vars.security_token, None, file.security_token_file),
+    };
+    let unique_key_rule = match file.unique_key_rule.as_deref().map(str::trim) {
+        None | Some("auto") => UniqueKeyRuleSetting::Auto,
+        Some("v4") => UniqueKeyRuleSetting::V4,
+        Some("v5") => UniqueKeyRuleSetting::V5,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: keys.unique_key_rule,
+                message: format!("'{other}' is not \"auto\", \"v4\" or \"v5\""),
+                env: None,
+            })
         }
+    };
+    let check_topic = file
+        .check_topic
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    if let Some(t) = &check_topic {
+        if t.len() > 255 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::Invalid {
+                key: keys.check_topic,
+                message: format!("'{t}' is not a valid topic name"),
+                env: None,
+            });
+        }
+    }
+    let default_prefix = match target {
+        Target::Old => "",
+        Target::New => DEFAULT_NEW_PREFIX,
     };
     Ok(ClusterConfig {
         target,
         namesrv,
-        broker_name_prefix,
+        broker_name_prefix: file
+            .broker_name_prefix
+            .unwrap_or_else(|| default_prefix.to_owned()),
+        credentials,
+        unique_key_rule,
+        check_topic,
     })
 }
 

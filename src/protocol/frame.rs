@@ -137,6 +137,11 @@ impl RawFrame {
         self.summary.opaque
     }
 
+    /// Sender's version ordinal.
+    pub fn version(&self) -> i32 {
+        self.summary.version
+    }
+
     /// True for responses (flag bit 0).
     pub fn is_response(&self) -> bool {
         self.summary.flag & super::code::FLAG_RESPONSE != 0

@@ -41,6 +41,8 @@ pub struct FrameSummary {
     pub flag: i32,
     /// Request id.
     pub opaque: i32,
+    /// Sender's version ordinal (a server's own version in its responses).
+    pub version: i32,
 }
 
 /// A fully decoded header.
@@ -71,6 +73,8 @@ struct JsonSummary {
     flag: Option<i64>,
     #[serde(default)]
     opaque: Option<i64>,
+    #[serde(default)]
+    version: Option<i64>,
 }
 
 /// Reads code, flag and opaque from a header without building the whole header.
@@ -83,19 +87,21 @@ pub fn peek_summary(serialize: SerializeType, header: &[u8]) -> Result<FrameSumm
                 code: s.code.ok_or(HeaderError::Field("code"))? as i32,
                 flag: s.flag.unwrap_or(0) as i32,
                 opaque: s.opaque.unwrap_or(0) as i32,
+                version: s.version.unwrap_or(0) as i32,
             })
         }
         SerializeType::RocketMq => {
             let mut b = header;
             let code = take_i16(&mut b, "code")?;
             let _language = take_u8(&mut b, "language")?;
-            let _version = take_i16(&mut b, "version")?;
+            let version = take_i16(&mut b, "version")?;
             let opaque = take_i32(&mut b, "opaque")?;
             let flag = take_i32(&mut b, "flag")?;
             Ok(FrameSummary {
                 code: i32::from(code),
                 flag,
                 opaque,
+                version: i32::from(version),
             })
         }
     }

@@ -2,11 +2,13 @@
 //! ([`listeners`]), the frame relay ([`relay`]) and the broker-name mapping it applies
 //! ([`rename`]), plus the sidecar's own name-server client ([`upstream`]).
 
+pub mod check;
 pub mod conns;
 pub mod listeners;
 pub mod namesrv;
 pub mod relay;
 pub mod rename;
+pub mod signing;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -14,11 +16,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::acl::credentials::{CredentialError, CredentialStore};
 use crate::config::{Config, Target};
 use crate::routing::RouteState;
 
 pub use conns::ConnTracker;
 pub use rename::Renamer;
+pub use signing::Signer;
 pub use upstream::NameServerClient;
 
 /// Per-cluster runtime: its name-server client and broker-name mapping.
@@ -30,6 +34,10 @@ pub struct Cluster {
     pub namesrv: NameServerClient,
     /// How this cluster's broker names appear to the app.
     pub renamer: Renamer,
+    /// Credentials and signing state.
+    pub signer: Arc<Signer>,
+    /// Topic the credential check uses to find a broker.
+    pub check_topic: Option<String>,
 }
 
 /// What every relayed connection needs.
@@ -60,11 +68,17 @@ pub fn cluster_index(target: Target) -> usize {
 // === impl RelayContext ===
 
 impl RelayContext {
-    /// Builds the clusters from the config.
-    pub fn new(config: &Config, route: watch::Receiver<RouteState>) -> Self {
-        let make = |target: Target| {
+    /// Builds the clusters from the config; loads credentials once (a broken credential
+    /// source at startup is an error, later ones keep the last good credentials).
+    pub fn new(
+        config: &Config,
+        route: watch::Receiver<RouteState>,
+    ) -> Result<Self, (Target, CredentialError)> {
+        let make = |target: Target| -> Result<Arc<Cluster>, (Target, CredentialError)> {
             let c = config.cluster(target);
-            Arc::new(Cluster {
+            let store = CredentialStore::new(c.credentials.clone()).map_err(|e| (target, e))?;
+            let signer = Arc::new(Signer::new(target, store, c.unique_key_rule));
+            Ok(Arc::new(Cluster {
                 target,
                 namesrv: NameServerClient::new(
                     target,
@@ -72,18 +86,21 @@ impl RelayContext {
                     config.connect_timeout,
                     config.namesrv_timeout,
                     config.frame_max_bytes,
+                    signer.clone(),
                 ),
                 renamer: Renamer::new(&c.broker_name_prefix),
-            })
+                signer,
+                check_topic: c.check_topic.clone(),
+            }))
         };
-        Self {
-            clusters: [make(Target::Old), make(Target::New)],
+        Ok(Self {
+            clusters: [make(Target::Old)?, make(Target::New)?],
             conns: ConnTracker::default(),
             frame_max_bytes: config.frame_max_bytes,
             connect_timeout: config.connect_timeout,
             route,
             retire_idle: config.retire_idle,
-        }
+        })
     }
 
     /// The runtime of `target`.

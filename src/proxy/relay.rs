@@ -68,10 +68,14 @@ pub async fn run(
     let _ = broker.set_nodelay(true);
     tracing::debug!(%peer, %cluster, %upstream, "relay opened");
 
-    let renamer = ctx.cluster(cluster).renamer.clone();
-    let rewriter = renamer
-        .is_active()
-        .then(|| Arc::new(FrameRewriter::new(renamer)));
+    let runtime = ctx.cluster(cluster);
+    let renamer = runtime.renamer.clone();
+    let signer = runtime
+        .signer
+        .is_configured()
+        .then(|| runtime.signer.clone());
+    let rewriter = (renamer.is_active() || signer.is_some())
+        .then(|| Arc::new(FrameRewriter::new(renamer, signer)));
     let (client_rd, client_wr) = client.into_split();
     let (broker_rd, broker_wr) = broker.into_split();
     let max = ctx.frame_max_bytes;

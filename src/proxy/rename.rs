@@ -1,3 +1,5 @@
+//! Per-connection request rewriting: broker names, then the ACL signature.
+//!
 //! Broker names as the app sees them. Queues are keyed by (topic, broker name, queue id)
 //! in the client, so if both clusters have `broker-a`, a consumer moved to the other cluster
 //! would carry the first cluster's offsets over and skip or repeat messages. Each cluster
@@ -7,10 +9,11 @@
 //! keeps the sort order of names, which clients use to allocate queues.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::Signer;
 use crate::protocol::code::request;
 use crate::protocol::names::map_broker_names;
 use crate::protocol::{Header, HeaderError, RawFrame};
@@ -24,10 +27,12 @@ pub struct Renamer {
     prefix: String,
 }
 
-/// Per-connection rewriting of frames that carry broker names.
+/// Per-connection rewriting of frames that carry broker names, and signing of requests
+/// for a cluster with credentials.
 #[derive(Debug)]
 pub struct FrameRewriter {
     renamer: Renamer,
+    signer: Option<Arc<Signer>>,
     /// Client request opaque -> code, for responses whose body names brokers.
     client_requests: Mutex<HashMap<i32, i32>>,
     /// Broker request opaque -> code, for client replies whose body names brokers.
@@ -66,10 +71,12 @@ impl Renamer {
 // === impl FrameRewriter ===
 
 impl FrameRewriter {
-    /// A rewriter for one connection to a cluster with `renamer`.
-    pub fn new(renamer: Renamer) -> Self {
+    /// A rewriter for one connection to a cluster with `renamer` and, when the cluster has
+    /// credentials, `signer`.
+    pub fn new(renamer: Renamer, signer: Option<Arc<Signer>>) -> Self {
         Self {
             renamer,
+            signer,
             client_requests: Mutex::new(HashMap::new()),
             broker_requests: Mutex::new(HashMap::new()),
         }
@@ -128,6 +135,12 @@ impl FrameRewriter {
                 changed = true;
             }
         }
+        // Signing comes last: the signature covers every ext value and the body.
+        if let Some(signer) = &self.signer {
+            if signer.sign(&mut header, &body) {
+                changed = true;
+            }
+        }
         if changed {
             Ok(header.encode_frame(&body))
         } else {
@@ -137,6 +150,13 @@ impl FrameRewriter {
 
     /// A frame going from the broker to the app.
     pub fn broker_to_client(&self, frame: RawFrame) -> Result<Bytes, HeaderError> {
+        if frame.is_response() && frame.code() != 0 {
+            if let Some(signer) = &self.signer {
+                if let Ok(h) = Header::decode(frame.serialize_type(), frame.header_bytes()) {
+                    signer.note_answer(h.code, h.remark.as_deref());
+                }
+            }
+        }
         if frame.is_response() {
             if lock(&self.client_requests)
                 .remove(&frame.opaque())

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::codec::Decoder;
 
+use super::Signer;
 use crate::config::Target;
 use crate::protocol::{FrameDecoder, Header, RawFrame};
 
@@ -52,6 +53,7 @@ pub struct NameServerClient {
     connect_timeout: Duration,
     timeout: Duration,
     max_frame: usize,
+    signer: Arc<Signer>,
 }
 
 #[derive(Debug)]
@@ -71,6 +73,7 @@ impl NameServerClient {
         connect_timeout: Duration,
         timeout: Duration,
         max_frame: usize,
+        signer: Arc<Signer>,
     ) -> Self {
         let conns = addrs.iter().map(|_| Mutex::new(None)).collect();
         Self {
@@ -82,6 +85,7 @@ impl NameServerClient {
             connect_timeout,
             timeout,
             max_frame,
+            signer,
         }
     }
 
@@ -141,6 +145,9 @@ impl NameServerClient {
         let conn = self.connection(idx).await?;
         let mut header = header.clone();
         header.opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        // Name servers of a cluster with credentials get signed requests too (TDMQ's and
+        // 5.x proxies check them; Apache name servers ignore them).
+        let signed = self.signer.is_configured() && self.signer.sign(&mut header, body);
         let frame = header.encode_frame(body);
         if header.is_oneway() {
             conn.tx
@@ -156,10 +163,18 @@ impl NameServerClient {
             return Err("connection closed".to_owned());
         }
         match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(frame)) => Ok(Some(NsAnswer {
-                frame,
-                addr: self.addrs[idx].clone(),
-            })),
+            Ok(Ok(frame)) => {
+                self.signer.observe_server_version(frame.version());
+                if signed && frame.code() != 0 {
+                    if let Ok(h) = Header::decode(frame.serialize_type(), frame.header_bytes()) {
+                        self.signer.note_answer(h.code, h.remark.as_deref());
+                    }
+                }
+                Ok(Some(NsAnswer {
+                    frame,
+                    addr: self.addrs[idx].clone(),
+                }))
+            }
             Ok(Err(_)) => Err("connection closed before the answer".to_owned()),
             Err(_) => {
                 conn.pending.remove(&header.opaque);

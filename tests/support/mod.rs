@@ -194,11 +194,32 @@ impl FakeBroker {
     /// Starts a broker named `name` on an ephemeral port.
     pub async fn start(name: &'static str, pull_hold: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        Self::serve(listener, name, pull_hold)
+        Self::serve(listener, name, pull_hold, None)
+    }
+
+    /// Starts a broker that authenticates every request like a 5.x broker with ACL 2.0:
+    /// code 16 with "User:<ak> is not found." or "check signature failed.".
+    pub async fn start_acl(
+        name: &'static str,
+        access_key: &'static str,
+        secret_key: &'static str,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(
+            listener,
+            name,
+            Duration::ZERO,
+            Some((access_key, secret_key)),
+        )
     }
 
     /// Serves on `listener`.
-    pub fn serve(listener: TcpListener, name: &'static str, pull_hold: Duration) -> Self {
+    pub fn serve(
+        listener: TcpListener,
+        name: &'static str,
+        pull_hold: Duration,
+        acl: Option<(&'static str, &'static str)>,
+    ) -> Self {
         let addr = listener.local_addr().expect("addr");
         let seen: Seen = Arc::default();
         let replies: Seen = Arc::default();
@@ -235,6 +256,14 @@ impl FakeBroker {
                             continue;
                         }
                         let tx = tx.clone();
+                        if let Some(refusal) =
+                            acl.and_then(|(ak, sk)| acl_refusal(&h, &f.body(), ak, sk))
+                        {
+                            let mut resp = Header::response_to(&h, 16, Some(refusal));
+                            resp.version = 479;
+                            let _ = tx.send(resp.encode_frame(b"")).await;
+                            continue;
+                        }
                         tokio::spawn(async move {
                             if h.code == 11 {
                                 tokio::time::sleep(pull_hold).await;
@@ -280,6 +309,26 @@ impl FakeBroker {
             .cloned()
             .collect()
     }
+}
+
+/// What a 5.x broker with ACL 2.0 would answer to `h`, or `None` if it authenticates.
+pub fn acl_refusal(h: &Header, body: &[u8], ak: &str, sk: &str) -> Option<String> {
+    use rocketmq_sidecar::acl::{signature, SecretKey, UniqueKeyRule};
+    let ext = h.ext_fields.clone().unwrap_or_default();
+    let Some(given) = h.ext("AccessKey") else {
+        return Some("username cannot be null.".into());
+    };
+    if given != ak {
+        return Some(format!("User:{given} is not found."));
+    }
+    let expected = signature(
+        &ext,
+        body,
+        &SecretKey::new(sk),
+        UniqueKeyRule::ByRequestVersion,
+        h.version,
+    );
+    (h.ext("Signature") != Some(expected.as_str())).then(|| "check signature failed.".into())
 }
 
 /// A TopicRouteData body in fastjson's non-standard form (bare integer keys).

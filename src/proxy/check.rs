@@ -1,0 +1,228 @@
+//! The credential check: a signed request that the cluster authenticates but that
+//! changes nothing (a heartbeat that registers no group), sent to one of the cluster's
+//! brokers, and its answer mapped to a clear outcome.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+use super::signing::{classify_refusal, CheckOutcome, CheckReport};
+use super::Cluster;
+use crate::acl::{sign_request, Credentials};
+use crate::protocol::code::request;
+use crate::protocol::route;
+use crate::protocol::{FrameDecoder, Header};
+
+/// Version ordinal the sidecar's own requests carry (V4_9_8).
+const OWN_VERSION: i32 = 409;
+
+/// Runs the check for `cluster` and stores the result.
+pub async fn run(
+    cluster: &Cluster,
+    check_topic: Option<&str>,
+    timeout: Duration,
+    max_frame: usize,
+) -> CheckReport {
+    let report = check(cluster, check_topic, timeout, max_frame).await;
+    match report.outcome {
+        CheckOutcome::Ok => {
+            tracing::info!(cluster = %cluster.target, detail = %report.detail, "credential check passed")
+        }
+        CheckOutcome::NotChecked => {
+            tracing::info!(cluster = %cluster.target, detail = %report.detail, "credential check not run")
+        }
+        outcome => {
+            tracing::warn!(cluster = %cluster.target, ?outcome, detail = %report.detail, "credential check failed")
+        }
+    }
+    cluster.signer.set_check(report.clone());
+    report
+}
+
+async fn check(
+    cluster: &Cluster,
+    check_topic: Option<&str>,
+    timeout: Duration,
+    max_frame: usize,
+) -> CheckReport {
+    let signer = &cluster.signer;
+    if !signer.is_configured() {
+        return CheckReport::new(
+            CheckOutcome::NotChecked,
+            "no credentials configured for this cluster",
+        );
+    }
+    let Some(creds) = signer.store().get() else {
+        return CheckReport::new(
+            CheckOutcome::NotChecked,
+            "credentials could not be loaded (see the reload errors)",
+        );
+    };
+    let broker = match find_broker(cluster, check_topic).await {
+        Ok(addr) => addr,
+        Err(report) => return report,
+    };
+    let answer = match heartbeat(&broker, &creds, signer.rule(), timeout, max_frame).await {
+        Ok(a) => a,
+        Err(e) => {
+            return CheckReport::new(CheckOutcome::Unreachable, format!("broker {broker}: {e}"))
+        }
+    };
+    let (code, remark) = answer;
+    if code == 0 {
+        return CheckReport::new(
+            CheckOutcome::Ok,
+            format!("broker {broker} authenticated a signed heartbeat"),
+        );
+    }
+    let outcome = classify_refusal(code, &remark).unwrap_or(CheckOutcome::Unexpected);
+    let mut detail = format!(
+        "broker {broker} answered code {code}: {}",
+        signer.scrub(&remark)
+    );
+    if outcome == CheckOutcome::UnknownAccessKey {
+        // TDMQ's docs name the two values both ways round: try them swapped, and say so
+        // if that works (never sign with them swapped silently).
+        let swapped = Credentials {
+            access_key: creds.secret_key.expose().to_owned(),
+            secret_key: crate::acl::SecretKey::new(creds.access_key.clone()),
+            security_token: creds.security_token.clone(),
+        };
+        if let Ok((0, _)) = heartbeat(&broker, &swapped, signer.rule(), timeout, max_frame).await {
+            detail.push_str(
+                "; the cluster accepts the two values the other way round: the AccessKey and \
+                 SecretKey look swapped, fix the Secret (the sidecar does not swap them itself)",
+            );
+        }
+    }
+    CheckReport::new(outcome, detail)
+}
+
+/// A broker address of `cluster`: the master of `check_topic`'s route, else the first
+/// master in the cluster info.
+async fn find_broker(cluster: &Cluster, check_topic: Option<&str>) -> Result<String, CheckReport> {
+    let (code, topic_or_info) = match check_topic {
+        Some(topic) => (request::GET_ROUTEINFO_BY_TOPIC, Some(topic)),
+        None => (request::GET_BROKER_CLUSTER_INFO, None),
+    };
+    let mut header = Header::request(code, 0);
+    header.version = OWN_VERSION;
+    if let Some(topic) = topic_or_info {
+        header.set_ext("topic", topic);
+    }
+    let answer = match cluster.namesrv.call(&header, &[]).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Err(CheckReport::new(CheckOutcome::Unexpected, "no answer")),
+        Err(e) => return Err(CheckReport::new(CheckOutcome::Unreachable, e.to_string())),
+    };
+    let reply = Header::decode(answer.frame.serialize_type(), answer.frame.header_bytes())
+        .map_err(|e| {
+            CheckReport::new(
+                CheckOutcome::Unexpected,
+                format!("name server sent a bad header: {e}"),
+            )
+        })?;
+    if reply.code != 0 {
+        let remark = cluster.signer.scrub(reply.remark.as_deref().unwrap_or(""));
+        if let Some(outcome) = classify_refusal(reply.code, &remark) {
+            return Err(CheckReport::new(
+                outcome,
+                format!(
+                    "name server {} answered code {}: {remark}",
+                    answer.addr, reply.code
+                ),
+            ));
+        }
+        let hint = if check_topic.is_none() {
+            "; set check_topic to a topic of this cluster"
+        } else {
+            ""
+        };
+        return Err(CheckReport::new(
+            CheckOutcome::NotChecked,
+            format!(
+                "name server {} answered code {}: {remark}{hint}",
+                answer.addr, reply.code
+            ),
+        ));
+    }
+    let value = route::parse_lenient(&answer.frame.body())
+        .map_err(|e| CheckReport::new(CheckOutcome::Unexpected, e.to_string()))?;
+    first_master(&value).ok_or_else(|| {
+        CheckReport::new(
+            CheckOutcome::NotChecked,
+            "the name server knows no broker to check against",
+        )
+    })
+}
+
+fn first_master(value: &Value) -> Option<String> {
+    let datas: Vec<&Value> = match (value.get("brokerDatas"), value.get("brokerAddrTable")) {
+        (Some(Value::Array(list)), _) => list.iter().collect(),
+        (_, Some(Value::Object(table))) => table.values().collect(),
+        _ => Vec::new(),
+    };
+    datas
+        .iter()
+        .filter_map(|bd| bd.get("brokerAddrs")?.as_object())
+        .find_map(|addrs| {
+            addrs
+                .get("0")
+                .or_else(|| addrs.values().next())?
+                .as_str()
+                .map(str::to_owned)
+        })
+}
+
+/// A signed heartbeat registering no group; returns the answer's code and remark.
+async fn heartbeat(
+    broker: &str,
+    creds: &Credentials,
+    rule: crate::acl::UniqueKeyRule,
+    timeout: Duration,
+    max_frame: usize,
+) -> Result<(i32, String), String> {
+    let body = format!(
+        "{{\"clientID\":\"rmq-sidecar-credential-check@{}\",\"consumerDataSet\":[],\"producerDataSet\":[]}}",
+        std::process::id()
+    );
+    let mut header = Header::request(request::HEART_BEAT, 1);
+    header.version = OWN_VERSION;
+    sign_request(&mut header, body.as_bytes(), creds, rule);
+    let exchange = async {
+        let mut stream = TcpStream::connect(broker)
+            .await
+            .map_err(|e| format!("connect failed: {e}"))?;
+        stream
+            .write_all(&header.encode_frame(body.as_bytes()))
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut decoder = FrameDecoder::new(max_frame);
+        loop {
+            if let Some(frame) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+                if frame.is_response() && frame.opaque() == 1 {
+                    let h = Header::decode(frame.serialize_type(), frame.header_bytes())
+                        .map_err(|e| e.to_string())?;
+                    return Ok((h.code, h.remark.unwrap_or_default()));
+                }
+                continue;
+            }
+            if stream
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| format!("read failed: {e}"))?
+                == 0
+            {
+                return Err("the broker closed the connection".to_owned());
+            }
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
+}

@@ -1,0 +1,243 @@
+//! One cluster's signing state: its reloadable credentials, the `_UNIQUE_KEY_QUERY` rule
+//! of its servers, what its servers said about our signatures, and the last credential
+//! check. Requests to a cluster without credentials are never touched.
+
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::acl::credentials::{CredentialStore, ReloadOutcome};
+use crate::acl::{sign_request, UniqueKeyRule};
+use crate::config::{Target, UniqueKeyRuleSetting};
+use crate::protocol::Header;
+use crate::routing::now_ms;
+
+/// MQVersion ordinal of V5_0_0: servers from here on apply the 5.x rule.
+const V5_0_0: i32 = 413;
+
+/// What a credential check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckOutcome {
+    /// The cluster authenticated a signed request.
+    Ok,
+    /// The cluster does not know the AccessKey.
+    UnknownAccessKey,
+    /// The AccessKey is known but the signature did not verify (wrong SecretKey).
+    SignatureRejected,
+    /// Authenticated, but the account may not do this.
+    NoPermission,
+    /// No name server or broker could be reached.
+    Unreachable,
+    /// The cluster answered something this check does not recognise.
+    Unexpected,
+    /// Not run: no credentials, or nothing to check against.
+    NotChecked,
+}
+
+/// The result of one credential check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckReport {
+    /// Outcome.
+    pub outcome: CheckOutcome,
+    /// What the cluster said (secrets scrubbed) and what to do.
+    pub detail: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// Signing state of one cluster.
+#[derive(Debug)]
+pub struct Signer {
+    target: Target,
+    store: CredentialStore,
+    setting: UniqueKeyRuleSetting,
+    server_version: AtomicI32,
+    rejections: AtomicU64,
+    signed: AtomicU64,
+    last_check: Mutex<Option<CheckReport>>,
+}
+
+// === impl CheckReport ===
+
+impl CheckReport {
+    /// A report made now.
+    pub fn new(outcome: CheckOutcome, detail: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            detail: detail.into(),
+            at_ms: now_ms(),
+        }
+    }
+}
+
+// === impl Signer ===
+
+impl Signer {
+    /// Signing state for `target`.
+    pub fn new(target: Target, store: CredentialStore, setting: UniqueKeyRuleSetting) -> Self {
+        Self {
+            target,
+            store,
+            setting,
+            server_version: AtomicI32::new(0),
+            rejections: AtomicU64::new(0),
+            signed: AtomicU64::new(0),
+            last_check: Mutex::new(None),
+        }
+    }
+
+    /// True when credentials are configured (requests are then signed).
+    pub fn is_configured(&self) -> bool {
+        self.store.is_configured()
+    }
+
+    /// The credentials store.
+    pub fn store(&self) -> &CredentialStore {
+        &self.store
+    }
+
+    /// Records the version a server of this cluster reported (from its responses).
+    pub fn observe_server_version(&self, version: i32) {
+        if version > 0 {
+            self.server_version.store(version, Ordering::Relaxed);
+        }
+    }
+
+    /// The last server version seen (0 = none yet).
+    pub fn server_version(&self) -> i32 {
+        self.server_version.load(Ordering::Relaxed)
+    }
+
+    /// The `_UNIQUE_KEY_QUERY` rule in force.
+    pub fn rule(&self) -> UniqueKeyRule {
+        match self.setting {
+            UniqueKeyRuleSetting::V4 => UniqueKeyRule::Excluded,
+            UniqueKeyRuleSetting::V5 => UniqueKeyRule::ByRequestVersion,
+            UniqueKeyRuleSetting::Auto => match self.server_version() {
+                v if v >= V5_0_0 => UniqueKeyRule::ByRequestVersion,
+                v if v > 0 => UniqueKeyRule::Excluded,
+                // Not heard from yet: TDMQ (new) speaks 5.x, self-built (old) clusters 4.x.
+                _ if self.target == Target::New => UniqueKeyRule::ByRequestVersion,
+                _ => UniqueKeyRule::Excluded,
+            },
+        }
+    }
+
+    /// Signs `header` with the current credentials; false when there are none.
+    pub fn sign(&self, header: &mut Header, body: &[u8]) -> bool {
+        match self.store.get() {
+            Some(creds) => {
+                sign_request(header, body, &creds, self.rule());
+                self.signed.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Inspects a broker or name-server answer to a signed request; logs and counts ACL
+    /// refusals. The remark is logged only with both key values scrubbed out.
+    pub fn note_answer(&self, code: i32, remark: Option<&str>) {
+        if let Some(outcome) = classify_refusal(code, remark.unwrap_or("")) {
+            let n = self.rejections.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                cluster = %self.target,
+                code,
+                ?outcome,
+                remark = %self.scrub(remark.unwrap_or("")),
+                refusals = n,
+                "the cluster refused a signed request"
+            );
+        }
+    }
+
+    /// Refusals seen so far.
+    pub fn rejections(&self) -> u64 {
+        self.rejections.load(Ordering::Relaxed)
+    }
+
+    /// Requests signed so far.
+    pub fn signed(&self) -> u64 {
+        self.signed.load(Ordering::Relaxed)
+    }
+
+    /// `text` with the configured AccessKey and SecretKey values replaced.
+    pub fn scrub(&self, text: &str) -> String {
+        let Some(creds) = self.store.get() else {
+            return text.to_owned();
+        };
+        let mut out = text.to_owned();
+        for secret in [creds.secret_key.expose(), creds.access_key.as_str()] {
+            if !secret.is_empty() {
+                out = out.replace(secret, "<redacted>");
+            }
+        }
+        if let Some(token) = &creds.security_token {
+            out = out.replace(token.as_str(), "<redacted>");
+        }
+        out
+    }
+
+    /// The AccessKey in use, shortened for display (it can be a token in TDMQ's setups).
+    pub fn access_key_hint(&self) -> Option<String> {
+        self.store.get().map(|c| {
+            let head: String = c.access_key.chars().take(4).collect();
+            format!("{head}… ({} chars)", c.access_key.chars().count())
+        })
+    }
+
+    /// Stores a check result.
+    pub fn set_check(&self, report: CheckReport) {
+        *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+
+    /// The last check result.
+    pub fn last_check(&self) -> Option<CheckReport> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the credential sources and logs what changed.
+    pub fn reload(&self) -> ReloadOutcome {
+        let outcome = self.store.reload();
+        match &outcome {
+            ReloadOutcome::Unchanged => {}
+            ReloadOutcome::Updated => {
+                tracing::info!(cluster = %self.target, "credentials reloaded; new requests use them")
+            }
+            ReloadOutcome::Failed(reason) => tracing::warn!(
+                cluster = %self.target,
+                %reason,
+                failures = self.store.failures(),
+                "credential reload failed; still signing with the previous credentials"
+            ),
+        }
+        outcome
+    }
+}
+
+/// What an answer says about our credentials, if it is an ACL refusal. Shapes, from
+/// Apache RocketMQ: 5.x ACL 2.0 answers 16 NO_PERMISSION ("User:<ak> is not found.",
+/// "check signature failed.", ...); 4.9.x ACL 1.0 answers 1 SYSTEM_ERROR with an
+/// `AclException` remark ("No acl config for <ak>", "Check signature failed for accessKey=").
+pub fn classify_refusal(code: i32, remark: &str) -> Option<CheckOutcome> {
+    let r = remark.to_ascii_lowercase();
+    let acl_shaped = code == 16 || r.contains("aclexception") || r.contains("acl");
+    if !acl_shaped && code != 1 {
+        return None;
+    }
+    if (r.contains("user") && r.contains("not found")) || r.contains("no acl config for") {
+        return Some(CheckOutcome::UnknownAccessKey);
+    }
+    if r.contains("signature") {
+        return Some(CheckOutcome::SignatureRejected);
+    }
+    if code == 16 || r.contains("aclexception") {
+        return Some(CheckOutcome::NoPermission);
+    }
+    None
+}
