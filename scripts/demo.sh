@@ -9,4 +9,4 @@ for tool in cargo java mvn python3; do
   command -v "$tool" >/dev/null 2>&1 || { echo "demo.sh: '$tool' is required" >&2; exit 2; }
 done
 cargo build --release --locked
-exec python3 tests/interop/demo.py "$@"
+RMQ_SIDECAR_BIN="$PWD/target/release/rmq-sidecar" exec python3 tests/interop/demo.py "$@"

@@ -150,3 +150,74 @@ async fn http_ok(addr: SocketAddr, path: &str) -> bool {
         _ => false,
     }
 }
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    const SECRET: &str = "Zk9-very-secret-key-771";
+    const AK: &str = "role-for-log-test";
+    // Keys swapped by the operator: the broker's "User:<ak> is not found." remark then
+    // echoes the secret, which must be scrubbed before it is logged.
+    let broker = FakeBroker::start_acl("new-a", AK, SECRET).await;
+    let ns = FakeNameServer::start(HashMap::from([(
+        "T".to_owned(),
+        fastjson_route("broker-a", broker.addr),
+    )]))
+    .await;
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .env("RMQ_SIDECAR_OLD_NAMESRV", ns.addr.to_string())
+        .env("RMQ_SIDECAR_NEW_NAMESRV", ns.addr.to_string())
+        .env("RMQ_SIDECAR_TARGET", "new")
+        .env("RMQ_SIDECAR_NEW_ACCESS_KEY", SECRET)
+        .env("RMQ_SIDECAR_NEW_SECRET_KEY", AK)
+        .env("RMQ_SIDECAR_LISTEN", format!("127.0.0.1:{p1}"))
+        .env("RMQ_SIDECAR_ADMIN", format!("127.0.0.1:{p2}"))
+        .env("RMQ_SIDECAR_METRICS", format!("127.0.0.1:{p3}"))
+        .env("RMQ_SIDECAR_BROKER_BIND", "127.87.0.0/16")
+        .env("RMQ_SIDECAR_LOG", "trace")
+        .env("RMQ_SIDECAR_DRAIN_SECONDS", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
+    assert_eventually!(http_ok(admin, "/live").await, 10, "sidecar up");
+    let (_, check) = http(admin, "POST", "/credentials/check", None).await;
+    assert!(
+        check.contains("unknown_access_key") && check.contains("look swapped"),
+        "{check}"
+    );
+    let ns_listen: SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
+    let mut c = FrameClient::connect(ns_listen).await;
+    let (h, body) = c.call(&request(105, 1, &[("topic", "T")]), b"").await;
+    assert_eq!(h.code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let local: SocketAddr = v["brokerDatas"][0]["brokerAddrs"]["0"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut app = FrameClient::connect(local).await;
+    let (resp, _) = app.call(&request(310, 2, &[("b", "T")]), b"m").await;
+    assert_eq!(resp.code, 16);
+    let (_, route) = http(admin, "GET", "/route", None).await;
+    drop(app);
+    drop(c);
+    signal(&child, "TERM");
+    let out = tokio::task::spawn_blocking(move || {
+        let _ = wait_exit(&mut child, Duration::from_secs(10));
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("refused a signed request"),
+        "the refusal is logged: {log}"
+    );
+    for (what, text) in [("log", &log), ("GET /route", &route), ("check", &check)] {
+        assert!(!text.contains(SECRET), "the secret appears in the {what}");
+    }
+}

@@ -165,6 +165,8 @@ impl FakeNameServer {
                                     Vec::new()
                                 }
                             }
+                        } else if h.code == 106 {
+                            cluster_info(&routes)
                         } else {
                             format!("echo:{}", h.code).into_bytes()
                         };
@@ -177,6 +179,26 @@ impl FakeNameServer {
         });
         Self { addr, seen }
     }
+}
+
+/// GET_BROKER_CLUSTER_INFO built from the brokers of every route (non-standard JSON).
+fn cluster_info(routes: &HashMap<String, String>) -> Vec<u8> {
+    let mut table = serde_json::Map::new();
+    for body in routes.values() {
+        let route =
+            rocketmq_sidecar::protocol::route::parse_lenient(body.as_bytes()).expect("route");
+        for bd in route["brokerDatas"].as_array().into_iter().flatten() {
+            table.insert(
+                bd["brokerName"].as_str().unwrap_or("").to_owned(),
+                bd.clone(),
+            );
+        }
+    }
+    let names: Vec<_> = table.keys().cloned().collect();
+    serde_json::to_vec(
+        &serde_json::json!({"brokerAddrTable": table, "clusterAddrTable": {"C": names}}),
+    )
+    .expect("json")
 }
 
 /// A fake broker. Answers every request with SUCCESS and ext `handledBy=<name>`; holds
