@@ -141,11 +141,8 @@ pub async fn handle(
                 return refusal;
             }
             for cluster in &state.ctx.clusters {
-                if cluster.signer.is_configured() && !cluster.namesrv.addrs().is_empty() {
-                    let topic = cluster.check_topic.as_deref();
-                    let cfg = &state.config;
-                    check::run(cluster, topic, cfg.namesrv_timeout, cfg.frame_max_bytes).await;
-                }
+                let cfg = &state.config;
+                check::run(cluster, cfg.namesrv_timeout, cfg.frame_max_bytes).await;
             }
             tracing::info!(%peer, "credential check run on request");
             json_response(StatusCode::OK, credentials_json(state))

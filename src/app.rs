@@ -215,29 +215,13 @@ async fn watch_credentials(ctx: Arc<RelayContext>, timeout: Duration) {
         return;
     }
     for cluster in &configured {
-        if !cluster.namesrv.addrs().is_empty() {
-            check::run(
-                cluster,
-                cluster.check_topic.as_deref(),
-                timeout,
-                ctx.frame_max_bytes,
-            )
-            .await;
-        }
+        check::run(cluster, timeout, ctx.frame_max_bytes).await;
     }
     loop {
         tokio::time::sleep(CREDENTIAL_RELOAD_EVERY).await;
         for cluster in &configured {
-            if cluster.signer.reload() == ReloadOutcome::Updated
-                && !cluster.namesrv.addrs().is_empty()
-            {
-                check::run(
-                    cluster,
-                    cluster.check_topic.as_deref(),
-                    timeout,
-                    ctx.frame_max_bytes,
-                )
-                .await;
+            if cluster.signer.reload() == ReloadOutcome::Updated {
+                check::run(cluster, timeout, ctx.frame_max_bytes).await;
             }
         }
     }

@@ -2,44 +2,15 @@
 //! `..data` symlink swap, and broken updates that keep the last good credentials.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use support::{kubelet_write, tempdir};
+
+use std::path::Path;
 
 use rocketmq_sidecar::acl::credentials::{
     CredentialError, CredentialSources, CredentialStore, ReloadOutcome, Source,
 };
-
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "rmq-acl-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Lays out a Secret volume as the kubelet does: `..<ts>/files`, `..data -> ..<ts>`,
-/// `key -> ..data/key`; a new version is a new directory and an atomic symlink swap.
-fn kubelet_write(root: &Path, version: &str, files: &[(&str, &str)]) {
-    let data = root.join(format!("..{version}"));
-    std::fs::create_dir_all(&data).unwrap();
-    for (name, content) in files {
-        std::fs::write(data.join(name), content).unwrap();
-    }
-    let tmp = root.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
-    std::fs::rename(&tmp, root.join("..data")).unwrap();
-    for (name, _) in files {
-        let link = root.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
-        }
-    }
-}
 
 fn file_sources(root: &Path) -> CredentialSources {
     CredentialSources {
@@ -78,7 +49,7 @@ fn values_are_trimmed_and_both_keys_are_required() {
 
 #[test]
 fn reload_follows_the_symlink_swap_and_keeps_old_credentials_when_broken() {
-    let root = dir();
+    let root = tempdir("acl");
     kubelet_write(
         &root,
         "v1",

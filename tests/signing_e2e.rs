@@ -9,7 +9,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,19 +17,6 @@ use support::*;
 
 const AK: &str = "sidecar-role";
 const SK: &str = "s3cr3t-sidecar-key-0123";
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "rmq-sign-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn config(
     old_ns: SocketAddr,
@@ -59,6 +46,21 @@ async fn local_master(ns: SocketAddr, topic: &str) -> SocketAddr {
         .unwrap()
 }
 
+/// A fake ACL broker serving topic T, a sidecar targeting new with the secret in
+/// `dir/secretKey`.
+async fn acl_setup(
+    dir: &Path,
+    bind: &str,
+) -> (FakeBroker, FakeNameServer, rocketmq_sidecar::app::Running) {
+    let broker = FakeBroker::start_acl("new-a", AK, SK).await;
+    let old_ns = FakeNameServer::start(HashMap::new()).await;
+    let route = HashMap::from([("T".into(), fastjson_route("broker-a", broker.addr))]);
+    let new_ns = FakeNameServer::start(route).await;
+    let cfg = config(old_ns.addr, new_ns.addr, bind, &dir.join("secretKey"), "");
+    let sidecar = start_sidecar(&cfg).await;
+    (broker, new_ns, sidecar)
+}
+
 async fn route_doc(admin: SocketAddr) -> (String, Value) {
     let (_, body) = http(admin, "GET", "/route", None).await;
     (body.clone(), serde_json::from_str(&body).unwrap())
@@ -68,21 +70,7 @@ async fn route_doc(admin: SocketAddr) -> (String, Value) {
 async fn requests_to_a_cluster_with_credentials_are_signed_after_rewrites() {
     let dir = tempdir("signed");
     std::fs::write(dir.join("secretKey"), format!("{SK}\n")).unwrap();
-    let broker = FakeBroker::start_acl("new-a", AK, SK).await;
-    let old_ns = FakeNameServer::start(HashMap::new()).await;
-    let new_ns = FakeNameServer::start(HashMap::from([(
-        "T".into(),
-        fastjson_route("broker-a", broker.addr),
-    )]))
-    .await;
-    let sidecar = start_sidecar(&config(
-        old_ns.addr,
-        new_ns.addr,
-        "127.83.0.0/16",
-        &dir.join("secretKey"),
-        "",
-    ))
-    .await;
+    let (broker, new_ns, sidecar) = acl_setup(&dir, "127.83.0.0/16").await;
     let local = local_master(sidecar.namesrv_addr, "T").await;
 
     // The app signs for itself with other credentials: they are replaced, not kept.
@@ -217,36 +205,10 @@ async fn requests_to_a_cluster_without_credentials_pass_byte_for_byte() {
 #[tokio::test]
 async fn wrong_secret_is_reported_then_a_fixed_secret_file_is_picked_up() {
     let dir = tempdir("reload");
-    // Kubelet layout: secretKey -> ..data/secretKey, ..data -> ..v1
-    let write_version = |v: &str, secret: &str| {
-        let d = dir.join(format!("..{v}"));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("secretKey"), secret).unwrap();
-        let tmp = dir.join("..data_tmp");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(format!("..{v}"), &tmp).unwrap();
-        std::fs::rename(&tmp, dir.join("..data")).unwrap();
-        if std::fs::symlink_metadata(dir.join("secretKey")).is_err() {
-            std::os::unix::fs::symlink("..data/secretKey", dir.join("secretKey")).unwrap();
-        }
-    };
+    let write_version = |v: &str, secret: &str| kubelet_write(&dir, v, &[("secretKey", secret)]);
     let wrong = "wrong-secret-value-987";
     write_version("v1", wrong);
-    let broker = FakeBroker::start_acl("new-a", AK, SK).await;
-    let old_ns = FakeNameServer::start(HashMap::new()).await;
-    let new_ns = FakeNameServer::start(HashMap::from([(
-        "T".into(),
-        fastjson_route("broker-a", broker.addr),
-    )]))
-    .await;
-    let sidecar = start_sidecar(&config(
-        old_ns.addr,
-        new_ns.addr,
-        "127.85.0.0/16",
-        &dir.join("secretKey"),
-        "",
-    ))
-    .await;
+    let (_broker, _new_ns, sidecar) = acl_setup(&dir, "127.85.0.0/16").await;
     let admin = sidecar.admin_addr;
 
     let (status, body) = http(admin, "POST", "/credentials/check", None).await;

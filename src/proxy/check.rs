@@ -20,14 +20,13 @@ use crate::protocol::{FrameDecoder, Header};
 /// Version ordinal the sidecar's own requests carry (V4_9_8).
 const OWN_VERSION: i32 = 409;
 
-/// Runs the check for `cluster` and stores the result.
-pub async fn run(
-    cluster: &Cluster,
-    check_topic: Option<&str>,
-    timeout: Duration,
-    max_frame: usize,
-) -> CheckReport {
-    let report = check(cluster, check_topic, timeout, max_frame).await;
+/// Runs the check for `cluster` (when it has credentials and name servers) and stores
+/// the result.
+pub async fn run(cluster: &Cluster, timeout: Duration, max_frame: usize) -> Option<CheckReport> {
+    if !cluster.signer.is_configured() || cluster.namesrv.addrs().is_empty() {
+        return None;
+    }
+    let report = check(cluster, cluster.check_topic.as_deref(), timeout, max_frame).await;
     match report.outcome {
         CheckOutcome::Ok => {
             tracing::info!(cluster = %cluster.target, detail = %report.detail, "credential check passed")
@@ -40,7 +39,7 @@ pub async fn run(
         }
     }
     cluster.signer.set_check(report.clone());
-    report
+    Some(report)
 }
 
 async fn check(

@@ -410,6 +410,38 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>
     (status, body)
 }
 
+/// A fresh temporary directory.
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let d = std::env::temp_dir().join(format!("rmq-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("tempdir");
+    d
+}
+
+/// Lays out a Secret volume as the kubelet does: `..<version>/<files>`, `..data ->
+/// ..<version>`, `<name> -> ..data/<name>`; a new version is a new directory and an
+/// atomic swap of the `..data` symlink.
+pub fn kubelet_write(root: &Path, version: &str, files: &[(&str, &str)]) {
+    let data = root.join(format!("..{version}"));
+    std::fs::create_dir_all(&data).expect("mkdir");
+    for (name, content) in files {
+        std::fs::write(data.join(name), content).expect("write");
+    }
+    let tmp = root.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).expect("symlink");
+    std::fs::rename(&tmp, root.join("..data")).expect("swap");
+    for (name, _) in files {
+        let link = root.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).expect("symlink");
+        }
+    }
+}
+
 /// Marks a header as a response (for hand-built frames).
 pub fn as_response(mut h: Header) -> Header {
     h.flag |= FLAG_RESPONSE;
