@@ -125,6 +125,14 @@ pub async fn handle(
             }
         }
         (_, &Method::GET, "/route") => json_response(StatusCode::OK, route_json(state)),
+        (_, &Method::GET, "/metrics") => {
+            let (body, content_type) = state.ctx.metrics.encode();
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&content_type) {
+                r.headers_mut().insert(CONTENT_TYPE, v);
+            }
+            r
+        }
         (Port::Admin, &Method::GET, "/") => json_response(StatusCode::OK, index_json()),
         (Port::Admin, &Method::GET, "/listeners") => json_response(
             StatusCode::OK,
@@ -134,7 +142,13 @@ pub async fn handle(
             if let Some(refusal) = authorize(state, peer, &req) {
                 return refusal;
             }
-            put_route(state, peer, req).await
+            let (response, outcome) = put_route(state, peer, req).await;
+            let m = &state.ctx.metrics;
+            m.switch_requests.with_label_values(&[outcome]).inc();
+            m.admin_mutations
+                .with_label_values(&["route", outcome])
+                .inc();
+            response
         }
         (Port::Admin, &Method::POST, "/credentials/check") => {
             if let Some(refusal) = authorize(state, peer, &req) {
@@ -166,49 +180,52 @@ async fn put_route(
     state: &AdminState,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> (Response<Full<Bytes>>, &'static str) {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the body: {e}"),
-            )
+            let msg = format!("cannot read the body: {e}");
+            return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
         }
     };
     let update: RouteUpdate = match serde_json::from_slice(&body) {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(%peer, reason = %e, "route switch refused: invalid body");
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("body must be JSON like {{\"target\":\"new\"}}: {e}"),
-            );
+            let msg = format!("body must be JSON like {{\"target\":\"new\"}}: {e}");
+            return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
         }
     };
     let Some(target) = Target::parse(&update.target) else {
         tracing::info!(%peer, target = %update.target, "route switch refused: unknown target");
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("unknown target '{}'; use \"old\" or \"new\"", update.target),
-        );
+        let msg = format!("unknown target '{}'; use \"old\" or \"new\"", update.target);
+        return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
     };
     match state.route.switch(target) {
         Ok((now, changed)) => {
-            if changed {
+            state
+                .ctx
+                .metrics
+                .set_route(now.target.as_str(), now.generation);
+            let outcome = if changed {
                 tracing::info!(%peer, target = %now.target, generation = now.generation, "route switched; the app moves at its next route poll");
+                "applied"
             } else {
                 tracing::info!(%peer, target = %now.target, "route switch requested: already there");
-            }
-            json_response(StatusCode::OK, route_json(state))
+                "unchanged"
+            };
+            (json_response(StatusCode::OK, route_json(state)), outcome)
         }
         Err(e @ SwitchError::NotConfigured(_)) => {
             tracing::info!(%peer, %target, reason = %e, "route switch refused");
-            error(StatusCode::BAD_REQUEST, &e.to_string())
+            (error(StatusCode::BAD_REQUEST, &e.to_string()), "refused")
         }
         Err(e @ SwitchError::Persist { .. }) => {
             tracing::error!(%peer, %target, reason = %e, "route switch failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+            (
+                error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                "failed",
+            )
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::acl::credentials::ReloadOutcome;
 use crate::admin::{self, AdminState, Port};
 use crate::config::Config;
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::protocol::code::request;
 use crate::protocol::Header;
 use crate::proxy::check;
@@ -39,6 +40,9 @@ pub enum StartError {
     /// Persisted listener map unreadable.
     #[error("cannot restore broker listeners: {0}")]
     Listeners(std::io::Error),
+    /// Metric declarations are invalid (a bug).
+    #[error("cannot declare metrics: {0}")]
+    Metrics(prometheus::Error),
     /// A cluster's credentials cannot be loaded.
     #[error("credentials of cluster '{target}': {source}")]
     Credentials {
@@ -93,8 +97,11 @@ impl App {
         if restored {
             tracing::info!(target = %route.current().target, generation = route.current().generation, "route restored from the state dir");
         }
+        let metrics = Metrics::new(prometheus::Registry::new()).map_err(StartError::Metrics)?;
+        let now = route.current();
+        metrics.set_route(now.target.as_str(), now.generation);
         let ctx = Arc::new(
-            RelayContext::new(&config, route.subscribe())
+            RelayContext::new(&config, route.subscribe(), metrics)
                 .map_err(|(target, source)| StartError::Credentials { target, source })?,
         );
         let listeners = Arc::new(ListenerRegistry::new(

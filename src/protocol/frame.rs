@@ -73,6 +73,22 @@ pub struct FrameDecoder {
     max_frame_bytes: usize,
 }
 
+// === impl FrameError ===
+
+impl FrameError {
+    /// Short reason label (logs and metrics).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FrameError::TooLarge { .. } => "too_large",
+            FrameError::TooShort(_) => "too_short",
+            FrameError::HeaderOverflow { .. } => "header_overflow",
+            FrameError::UnknownSerializeType(_) => "unknown_serialize_type",
+            FrameError::Header(_) => "bad_header",
+            FrameError::Io(_) => "io_error",
+        }
+    }
+}
+
 // === impl RawFrame ===
 
 impl RawFrame {

@@ -131,6 +131,11 @@ impl ListenerRegistry {
                     alloc.used.insert(m.local);
                     alloc.used.insert(m.vip);
                     self.spawn(m.clone(), main, vip);
+                    self.ctx
+                        .metrics
+                        .broker_listeners
+                        .with_label_values(&[m.cluster.as_str()])
+                        .inc();
                     tracing::info!(cluster = %m.cluster, upstream = %m.upstream, local = %m.local, vip = %m.vip, "broker listener restored");
                     self.by_upstream.insert(m.upstream.clone(), m);
                     restored += 1;
@@ -181,6 +186,11 @@ impl ListenerRegistry {
             vip: vip_addr,
         };
         self.spawn(m.clone(), main, vip);
+        self.ctx
+            .metrics
+            .broker_listeners
+            .with_label_values(&[cluster.as_str()])
+            .inc();
         tracing::info!(%cluster, %upstream, %local, vip = %vip_addr, "broker listener added");
         self.by_upstream.insert(upstream.to_owned(), m);
         drop(alloc);

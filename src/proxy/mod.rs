@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::acl::credentials::{CredentialError, CredentialStore};
 use crate::config::{Config, Target};
+use crate::metrics::Metrics;
 use crate::routing::RouteState;
 
 pub use conns::ConnTracker;
@@ -55,6 +56,8 @@ pub struct RelayContext {
     pub route: watch::Receiver<RouteState>,
     /// Idle time before such a connection is closed (`None` = never).
     pub retire_idle: Option<Duration>,
+    /// Metrics.
+    pub metrics: Metrics,
 }
 
 /// Index of a cluster in [`RelayContext::clusters`].
@@ -73,11 +76,17 @@ impl RelayContext {
     pub fn new(
         config: &Config,
         route: watch::Receiver<RouteState>,
+        metrics: Metrics,
     ) -> Result<Self, (Target, CredentialError)> {
         let make = |target: Target| -> Result<Arc<Cluster>, (Target, CredentialError)> {
             let c = config.cluster(target);
             let store = CredentialStore::new(c.credentials.clone()).map_err(|e| (target, e))?;
-            let signer = Arc::new(Signer::new(target, store, c.unique_key_rule));
+            let signer = Arc::new(Signer::new(
+                target,
+                store,
+                c.unique_key_rule,
+                metrics.clone(),
+            ));
             Ok(Arc::new(Cluster {
                 target,
                 namesrv: NameServerClient::new(
@@ -87,6 +96,7 @@ impl RelayContext {
                     config.namesrv_timeout,
                     config.frame_max_bytes,
                     signer.clone(),
+                    metrics.clone(),
                 ),
                 renamer: Renamer::new(&c.broker_name_prefix),
                 signer,
@@ -100,6 +110,7 @@ impl RelayContext {
             connect_timeout: config.connect_timeout,
             route,
             retire_idle: config.retire_idle,
+            metrics,
         })
     }
 

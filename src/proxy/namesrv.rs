@@ -19,6 +19,8 @@ use super::listeners::ListenerRegistry;
 use super::{Cluster, RelayContext};
 use crate::config::Target;
 use crate::health::Health;
+use crate::metrics::{code_group, response_code_label};
+use crate::protocol::code::request_name;
 use crate::protocol::code::{request, response};
 use crate::protocol::route::{self, RouteMapper};
 use crate::protocol::{FrameDecoder, Header, RawFrame};
@@ -73,6 +75,12 @@ impl NameServerRole {
 
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _guard = self.ctx.conns.open();
+        let m = &self.ctx.metrics;
+        m.client_connections_opened
+            .with_label_values(&["namesrv"])
+            .inc();
+        let active = m.client_connections_active.with_label_values(&["namesrv"]);
+        active.inc();
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Bytes>(64);
@@ -85,7 +93,8 @@ impl NameServerRole {
         });
         let mut buf = BytesMut::with_capacity(4096);
         let mut decoder = FrameDecoder::new(self.ctx.frame_max_bytes);
-        let reason: Option<String> = 'conn: loop {
+        // (what happened, metric label); None = closed cleanly by the app
+        let reason: Option<(String, &'static str)> = 'conn: loop {
             loop {
                 match decoder.decode(&mut buf) {
                     Ok(Some(frame)) => {
@@ -95,45 +104,96 @@ impl NameServerRole {
                         let header =
                             match Header::decode(frame.serialize_type(), frame.header_bytes()) {
                                 Ok(h) => h,
-                                Err(e) => break 'conn Some(format!("bad header: {e}")),
+                                Err(e) => {
+                                    break 'conn Some((format!("bad header: {e}"), "bad_header"))
+                                }
                             };
                         let this = self.clone();
                         let tx = tx.clone();
                         tokio::spawn(async move {
-                            if let Some(answer) = this.handle(header, frame).await {
+                            if let Some(answer) = this.handle_measured(header, frame).await {
                                 let _ = tx.send(answer).await;
                             }
                         });
                     }
                     Ok(None) => break,
-                    Err(e) => break 'conn Some(e.to_string()),
+                    Err(e) => break 'conn Some((e.to_string(), e.reason())),
                 }
             }
             match rd.read_buf(&mut buf).await {
                 Ok(0) if buf.is_empty() => break None,
                 Ok(0) => {
-                    break Some(format!(
+                    let what = format!(
                         "closed in the middle of a frame ({} bytes pending)",
                         buf.len()
-                    ))
+                    );
+                    break Some((what, "truncated"));
                 }
                 Ok(_) => {}
-                Err(e) => break Some(format!("read failed: {e}")),
+                Err(e) => break Some((format!("read failed: {e}"), "io_error")),
             }
         };
-        if let Some(reason) = reason {
-            tracing::warn!(%peer, %reason, "closing name-server connection: bad frame");
-            writer.abort();
-        } else {
-            drop(tx);
-            // Let answers still in flight reach the app before the socket closes.
-            let _ = writer.await;
+        active.dec();
+        match reason {
+            Some((reason, "io_error")) => {
+                m.client_connections_closed
+                    .with_label_values(&["namesrv", "io_error"])
+                    .inc();
+                tracing::debug!(%peer, %reason, "name-server connection ended");
+                writer.abort();
+            }
+            Some((reason, label)) => {
+                m.frames_rejected.with_label_values(&[label]).inc();
+                m.client_connections_closed
+                    .with_label_values(&["namesrv", "bad_frame"])
+                    .inc();
+                tracing::warn!(%peer, %reason, "closing name-server connection: bad frame");
+                writer.abort();
+            }
+            None => {
+                m.client_connections_closed
+                    .with_label_values(&["namesrv", "client_closed"])
+                    .inc();
+                drop(tx);
+                // Let answers still in flight reach the app before the socket closes.
+                let _ = writer.await;
+            }
         }
     }
 
-    /// Answers one request; `None` for oneway requests.
-    async fn handle(&self, header: Header, frame: RawFrame) -> Option<Bytes> {
+    /// [`Self::handle`] with request, response and latency metrics.
+    async fn handle_measured(&self, header: Header, frame: RawFrame) -> Option<Bytes> {
+        let m = &self.ctx.metrics;
         let target = self.route.current().target;
+        let t = target.as_str();
+        let code = header.code;
+        m.requests
+            .with_label_values(&[t, "namesrv", request_name(code)])
+            .inc();
+        let started = std::time::Instant::now();
+        let answer = self.handle(target, header, frame).await?;
+        let response_code = RawFrame::parse(answer.clone(), usize::MAX)
+            .map(|f| f.code())
+            .unwrap_or(-1);
+        m.responses
+            .with_label_values(&[
+                t,
+                "namesrv",
+                request_name(code),
+                response_code_label(response_code),
+            ])
+            .inc();
+        m.request_duration
+            .with_label_values(&[t, "namesrv", code_group(code)])
+            .observe(started.elapsed().as_secs_f64());
+        if code == request::GET_ROUTEINFO_BY_TOPIC && response_code == response::SUCCESS {
+            m.route_answers.with_label_values(&[t]).inc();
+        }
+        Some(answer)
+    }
+
+    /// Answers one request; `None` for oneway requests.
+    async fn handle(&self, target: Target, header: Header, frame: RawFrame) -> Option<Bytes> {
         let cluster = self.ctx.cluster(target).clone();
         let body = frame.body();
         let answer = match cluster.namesrv.call(&header, &body).await {

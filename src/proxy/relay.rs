@@ -5,9 +5,10 @@
 //! idle or request timeout here: long-polling pulls are held 15-30 s by the broker, and
 //! clients and brokers run their own idle timers. When one side closes, so does the other.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -18,6 +19,8 @@ use tokio_util::codec::Decoder;
 use super::rename::FrameRewriter;
 use super::RelayContext;
 use crate::config::Target;
+use crate::metrics::{code_group, response_code_label, Metrics};
+use crate::protocol::code::request_name;
 use crate::protocol::{FrameDecoder, FrameError, HeaderError, RawFrame};
 
 /// How one direction of a relay ended.
@@ -52,18 +55,62 @@ pub async fn run(
     upstream: String,
 ) {
     let _guard = ctx.conns.open();
-    let connect = tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(&upstream)).await;
+    let m = &ctx.metrics;
+    let target = cluster.as_str();
+    m.client_connections_opened
+        .with_label_values(&["broker"])
+        .inc();
+    let client_active = m.client_connections_active.with_label_values(&["broker"]);
+    client_active.inc();
+    let cause = relay_connected(&ctx, client, peer, cluster, &upstream).await;
+    client_active.dec();
+    m.client_connections_closed
+        .with_label_values(&["broker", cause])
+        .inc();
+    if cause != "upstream_unreachable" {
+        m.upstream_connections_closed
+            .with_label_values(&[target, "broker", cause])
+            .inc();
+        m.upstream_connections_active
+            .with_label_values(&[target, "broker"])
+            .dec();
+    }
+}
+
+/// Connects upstream and relays; returns why the connection ended (a metric label).
+async fn relay_connected(
+    ctx: &Arc<RelayContext>,
+    client: TcpStream,
+    peer: SocketAddr,
+    cluster: Target,
+    upstream: &str,
+) -> &'static str {
+    let m = &ctx.metrics;
+    let target = cluster.as_str();
+    let connect = tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(upstream)).await;
     let broker = match connect {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, %cluster, %upstream, error = %e, "upstream broker connect failed; closing client connection");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%peer, %cluster, %upstream, timeout_ms = ctx.connect_timeout.as_millis() as u64, "upstream broker connect timed out; closing client connection");
-            return;
+        failed => {
+            m.upstream_connect_failures
+                .with_label_values(&[target, "broker"])
+                .inc();
+            match failed {
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, %cluster, %upstream, error = %e, "upstream broker connect failed; closing client connection")
+                }
+                _ => {
+                    tracing::warn!(%peer, %cluster, %upstream, timeout_ms = ctx.connect_timeout.as_millis() as u64, "upstream broker connect timed out; closing client connection")
+                }
+            }
+            return "upstream_unreachable";
         }
     };
+    m.upstream_connections_opened
+        .with_label_values(&[target, "broker"])
+        .inc();
+    m.upstream_connections_active
+        .with_label_values(&[target, "broker"])
+        .inc();
     let _ = client.set_nodelay(true);
     let _ = broker.set_nodelay(true);
     tracing::debug!(%peer, %cluster, %upstream, "relay opened");
@@ -80,7 +127,7 @@ pub async fn run(
     let (broker_rd, broker_wr) = broker.into_split();
     let max = ctx.frame_max_bytes;
 
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(m.clone(), cluster));
     let rw_up = rewriter.clone();
     let act_up = activity.clone();
     let up = pump(client_rd, broker_wr, max, move |f| {
@@ -99,53 +146,109 @@ pub async fn run(
             None => Ok(f.into_bytes()),
         }
     });
-    let retire = retire_when_left_behind(&ctx, cluster, &activity);
+    let retire = retire_when_left_behind(ctx, cluster, &activity);
 
-    tokio::select! {
-        end = up => log_end(peer, cluster, &upstream, "client", end),
-        end = down => log_end(peer, cluster, &upstream, "broker", end),
-        idle = retire => tracing::info!(
-            %peer, %cluster, %upstream, idle_seconds = idle.as_secs(),
-            "closing connection to a cluster this pod has left: the app has stopped using it"
-        ),
-    }
     // Returning drops both halves of both sockets: the other side is closed too.
+    tokio::select! {
+        end = up => end_of(ctx, peer, cluster, upstream, "client", end),
+        end = down => end_of(ctx, peer, cluster, upstream, "broker", end),
+        idle = retire => {
+            tracing::info!(
+                %peer, %cluster, %upstream, idle_seconds = idle.as_secs(),
+                "closing connection to a cluster this pod has left: the app has stopped using it"
+            );
+            "retired"
+        }
+    }
 }
 
-/// When the app last spoke on a connection, and how many of its requests await answers.
+/// Most requests remembered per connection for latency; beyond it, the oldest entries
+/// are dropped (a broker that never answers must not grow memory).
+const MAX_IN_FLIGHT: usize = 16_384;
+
+/// When the app last spoke on a connection, and which of its requests await answers.
 #[derive(Debug)]
 struct Activity {
     start: Instant,
     last_client_ms: AtomicU64,
-    in_flight: AtomicI64,
+    /// opaque -> (request code, when it entered the sidecar)
+    in_flight: Mutex<HashMap<i32, (i32, Instant)>>,
+    metrics: Metrics,
+    target: Target,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(metrics: Metrics, target: Target) -> Self {
         Self {
             start: Instant::now(),
             last_client_ms: AtomicU64::new(0),
-            in_flight: AtomicI64::new(0),
+            in_flight: Mutex::new(HashMap::new()),
+            metrics,
+            target,
         }
     }
 
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<i32, (i32, Instant)>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn client_frame(&self, f: &RawFrame) {
+        let t = self.target.as_str();
         self.last_client_ms
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if !f.is_response() && !f.is_oneway() {
-            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .bytes
+            .with_label_values(&[t, "to_upstream"])
+            .inc_by(f.len() as u64);
+        if f.is_response() {
+            return;
+        }
+        self.metrics
+            .requests
+            .with_label_values(&[t, "broker", request_name(f.code())])
+            .inc();
+        if !f.is_oneway() {
+            let mut map = self.in_flight();
+            if map.len() >= MAX_IN_FLIGHT {
+                map.clear();
+            }
+            map.insert(f.opaque(), (f.code(), Instant::now()));
         }
     }
 
     fn broker_frame(&self, f: &RawFrame) {
-        if f.is_response() {
-            // Saturating: a late answer to a request sent before a count could not matter.
-            let _ = self
-                .in_flight
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some((n - 1).max(0))
-                });
+        let t = self.target.as_str();
+        self.metrics
+            .bytes
+            .with_label_values(&[t, "to_client"])
+            .inc_by(f.len() as u64);
+        if !f.is_response() {
+            self.metrics
+                .broker_requests
+                .with_label_values(&[t, request_name(f.code())])
+                .inc();
+            return;
         }
+        let Some((code, started)) = self.in_flight().remove(&f.opaque()) else {
+            return;
+        };
+        self.metrics
+            .responses
+            .with_label_values(&[
+                t,
+                "broker",
+                request_name(code),
+                response_code_label(f.code()),
+            ])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[t, "broker", code_group(code)])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn pending(&self) -> usize {
+        self.in_flight().len()
     }
 
     fn idle_for(&self) -> Duration {
@@ -171,7 +274,7 @@ async fn retire_when_left_behind(
     loop {
         tokio::time::sleep(tick).await;
         if ctx.route.borrow().target != cluster
-            && activity.in_flight.load(Ordering::Relaxed) == 0
+            && activity.pending() == 0
             && activity.idle_for() >= idle
         {
             return activity.idle_for();
@@ -179,16 +282,49 @@ async fn retire_when_left_behind(
     }
 }
 
-fn log_end(peer: SocketAddr, cluster: Target, upstream: &str, side: &str, end: PumpEnd) {
-    match end {
+/// Logs how a relay ended, counts rejected frames, and names the cause.
+fn end_of(
+    ctx: &RelayContext,
+    peer: SocketAddr,
+    cluster: Target,
+    upstream: &str,
+    side: &str,
+    end: PumpEnd,
+) -> &'static str {
+    match &end {
         PumpEnd::Closed => {
-            tracing::debug!(%peer, %cluster, %upstream, closed_by = side, "relay closed")
+            tracing::debug!(%peer, %cluster, %upstream, closed_by = side, "relay closed");
+            if side == "client" {
+                "client_closed"
+            } else {
+                "upstream_closed"
+            }
         }
         PumpEnd::Frame(_) | PumpEnd::Rewrite(_) | PumpEnd::Truncated(_) => {
-            tracing::warn!(%peer, %cluster, %upstream, from = side, reason = %end, "closing connection: bad frame")
+            ctx.metrics
+                .frames_rejected
+                .with_label_values(&[end.reason()])
+                .inc();
+            tracing::warn!(%peer, %cluster, %upstream, from = side, reason = %end, "closing connection: bad frame");
+            "bad_frame"
         }
         PumpEnd::Read(_) | PumpEnd::Write(_) => {
-            tracing::debug!(%peer, %cluster, %upstream, side, reason = %end, "relay ended")
+            tracing::debug!(%peer, %cluster, %upstream, side, reason = %end, "relay ended");
+            "io_error"
+        }
+    }
+}
+
+// === impl PumpEnd ===
+
+impl PumpEnd {
+    /// Short reason label for `frames_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PumpEnd::Frame(e) => e.reason(),
+            PumpEnd::Rewrite(_) => "bad_header",
+            PumpEnd::Truncated(_) => "truncated",
+            PumpEnd::Closed | PumpEnd::Read(_) | PumpEnd::Write(_) => "none",
         }
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::acl::credentials::{CredentialStore, ReloadOutcome};
 use crate::acl::{sign_request, UniqueKeyRule};
 use crate::config::{Target, UniqueKeyRuleSetting};
+use crate::metrics::Metrics;
 use crate::protocol::Header;
 use crate::routing::now_ms;
 
@@ -57,6 +58,24 @@ pub struct Signer {
     rejections: AtomicU64,
     signed: AtomicU64,
     last_check: Mutex<Option<CheckReport>>,
+    metrics: Metrics,
+}
+
+// === impl CheckOutcome ===
+
+impl CheckOutcome {
+    /// The snake_case name used in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckOutcome::Ok => "ok",
+            CheckOutcome::UnknownAccessKey => "unknown_access_key",
+            CheckOutcome::SignatureRejected => "signature_rejected",
+            CheckOutcome::NoPermission => "no_permission",
+            CheckOutcome::Unreachable => "unreachable",
+            CheckOutcome::Unexpected => "unexpected",
+            CheckOutcome::NotChecked => "not_checked",
+        }
+    }
 }
 
 // === impl CheckReport ===
@@ -76,8 +95,17 @@ impl CheckReport {
 
 impl Signer {
     /// Signing state for `target`.
-    pub fn new(target: Target, store: CredentialStore, setting: UniqueKeyRuleSetting) -> Self {
+    pub fn new(
+        target: Target,
+        store: CredentialStore,
+        setting: UniqueKeyRuleSetting,
+        metrics: Metrics,
+    ) -> Self {
+        if store.is_configured() {
+            metrics.set_check(target.as_str(), "not_checked");
+        }
         Self {
+            metrics,
             target,
             store,
             setting,
@@ -131,6 +159,10 @@ impl Signer {
             Some(creds) => {
                 sign_request(header, body, &creds, self.rule());
                 self.signed.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .signed_requests
+                    .with_label_values(&[self.target.as_str()])
+                    .inc();
                 true
             }
             None => false,
@@ -142,6 +174,10 @@ impl Signer {
     pub fn note_answer(&self, code: i32, remark: Option<&str>) {
         if let Some(outcome) = classify_refusal(code, remark.unwrap_or("")) {
             let n = self.rejections.fetch_add(1, Ordering::Relaxed) + 1;
+            self.metrics
+                .signature_refusals
+                .with_label_values(&[self.target.as_str(), outcome.as_str()])
+                .inc();
             tracing::warn!(
                 cluster = %self.target,
                 code,
@@ -190,6 +226,8 @@ impl Signer {
 
     /// Stores a check result.
     pub fn set_check(&self, report: CheckReport) {
+        self.metrics
+            .set_check(self.target.as_str(), report.outcome.as_str());
         *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 
@@ -207,14 +245,24 @@ impl Signer {
         match &outcome {
             ReloadOutcome::Unchanged => {}
             ReloadOutcome::Updated => {
+                self.metrics
+                    .credential_reloads
+                    .with_label_values(&[self.target.as_str(), "updated"])
+                    .inc();
                 tracing::info!(cluster = %self.target, "credentials reloaded; new requests use them")
             }
-            ReloadOutcome::Failed(reason) => tracing::warn!(
+            ReloadOutcome::Failed(reason) => {
+                self.metrics
+                    .credential_reloads
+                    .with_label_values(&[self.target.as_str(), "failed"])
+                    .inc();
+                tracing::warn!(
                 cluster = %self.target,
                 %reason,
                 failures = self.store.failures(),
                 "credential reload failed; still signing with the previous credentials"
-            ),
+                )
+            }
         }
         outcome
     }

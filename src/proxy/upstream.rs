@@ -15,6 +15,7 @@ use tokio_util::codec::Decoder;
 
 use super::Signer;
 use crate::config::Target;
+use crate::metrics::Metrics;
 use crate::protocol::{FrameDecoder, Header, RawFrame};
 
 /// Why no name server answered.
@@ -54,6 +55,7 @@ pub struct NameServerClient {
     timeout: Duration,
     max_frame: usize,
     signer: Arc<Signer>,
+    metrics: Metrics,
 }
 
 #[derive(Debug)]
@@ -74,6 +76,7 @@ impl NameServerClient {
         timeout: Duration,
         max_frame: usize,
         signer: Arc<Signer>,
+        metrics: Metrics,
     ) -> Self {
         let conns = addrs.iter().map(|_| Mutex::new(None)).collect();
         Self {
@@ -86,6 +89,7 @@ impl NameServerClient {
             timeout,
             max_frame,
             signer,
+            metrics,
         }
     }
 
@@ -114,6 +118,10 @@ impl NameServerClient {
             match self.call_one(idx, header, body).await {
                 Ok(answer) => {
                     if idx != start {
+                        self.metrics
+                            .namesrv_failovers
+                            .with_label_values(&[self.target.as_str()])
+                            .inc();
                         tracing::info!(
                             cluster = %self.target,
                             from = %self.addrs[start],
@@ -194,19 +202,40 @@ impl NameServerClient {
             }
         }
         let addr = &self.addrs[idx];
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(format!("connect failed: {e}")),
-                Err(_) => {
-                    return Err(format!(
+        let labels = [self.target.as_str(), "namesrv"];
+        let connected = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await;
+        let stream = match connected {
+            Ok(Ok(s)) => s,
+            failed => {
+                self.metrics
+                    .upstream_connect_failures
+                    .with_label_values(&labels)
+                    .inc();
+                return Err(match failed {
+                    Ok(Err(e)) => format!("connect failed: {e}"),
+                    _ => format!(
                         "connect timed out after {} ms",
                         self.connect_timeout.as_millis()
-                    ))
-                }
-            };
+                    ),
+                });
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(NsConn::spawn(stream, addr.clone(), self.max_frame));
+        self.metrics
+            .upstream_connections_opened
+            .with_label_values(&labels)
+            .inc();
+        self.metrics
+            .upstream_connections_active
+            .with_label_values(&labels)
+            .inc();
+        let conn = Arc::new(NsConn::spawn(
+            stream,
+            addr.clone(),
+            self.max_frame,
+            self.metrics.clone(),
+            self.target,
+        ));
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -215,7 +244,13 @@ impl NameServerClient {
 // === impl NsConn ===
 
 impl NsConn {
-    fn spawn(stream: TcpStream, addr: String, max_frame: usize) -> Self {
+    fn spawn(
+        stream: TcpStream,
+        addr: String,
+        max_frame: usize,
+        metrics: Metrics,
+        target: Target,
+    ) -> Self {
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Bytes>(256);
         let pending: Arc<DashMap<i32, oneshot::Sender<RawFrame>>> = Arc::new(DashMap::new());
@@ -258,6 +293,20 @@ impl NsConn {
                 }
             };
             tracing::debug!(%addr, %reason, "name server connection ended");
+            let labels = [target.as_str(), "namesrv"];
+            let cause = if reason.starts_with("closed") {
+                "upstream_closed"
+            } else {
+                "error"
+            };
+            metrics
+                .upstream_connections_closed
+                .with_label_values(&[target.as_str(), "namesrv", cause])
+                .inc();
+            metrics
+                .upstream_connections_active
+                .with_label_values(&labels)
+                .dec();
             alive_r.store(false, Ordering::SeqCst);
             // Dropping the waiters tells every pending call that the connection is gone.
             pending_r.clear();

@@ -1,0 +1,309 @@
+//! Every Prometheus family the sidecar exports, declared and registered in one place on a
+//! registry that is passed in (no global statics). Prefix `rmq_sidecar_`, base units,
+//! `_total` counters. Labels are bounded: cluster (`old`/`new`), peer kind, request-code
+//! *names* (a fixed list, else `OTHER`), response codes (a fixed list, else `other`),
+//! outcomes and causes. Never a topic, group, client id or address.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets in seconds: sub-millisecond relays up to held pulls (15-30 s).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0,
+];
+
+/// The sidecar's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests from the app, by `target`, `peer` (namesrv|broker) and request `code` name.
+    pub requests: IntCounterVec,
+    /// Responses to the app's requests, by `target`, `peer`, request `code` and `response_code`.
+    pub responses: IntCounterVec,
+    /// Request latency through the sidecar, by `target`, `peer` and code `group`.
+    pub request_duration: HistogramVec,
+    /// Requests brokers sent to the app (transaction checks, rebalance notices, ...).
+    pub broker_requests: IntCounterVec,
+    /// Bytes relayed, by `target` and `direction` (to_upstream|to_client).
+    pub bytes: IntCounterVec,
+    /// App connections accepted, by `listener` (namesrv|broker).
+    pub client_connections_opened: IntCounterVec,
+    /// App connections closed, by `listener` and `cause`.
+    pub client_connections_closed: IntCounterVec,
+    /// App connections open now, by `listener`.
+    pub client_connections_active: IntGaugeVec,
+    /// Upstream connections opened, by `target` and `peer`.
+    pub upstream_connections_opened: IntCounterVec,
+    /// Upstream connections closed, by `target`, `peer` and `cause`.
+    pub upstream_connections_closed: IntCounterVec,
+    /// Upstream connections open now, by `target` and `peer`.
+    pub upstream_connections_active: IntGaugeVec,
+    /// Failed upstream connects, by `target` and `peer`.
+    pub upstream_connect_failures: IntCounterVec,
+    /// Frames that closed their connection, by `reason`.
+    pub frames_rejected: IntCounterVec,
+    /// Name-server failovers (answer from another than the preferred), by `target`.
+    pub namesrv_failovers: IntCounterVec,
+    /// Route answers served to the app, by the `cluster` that answered.
+    pub route_answers: IntCounterVec,
+    /// Broker listeners open, by `target`.
+    pub broker_listeners: IntGaugeVec,
+    /// 1 for the cluster the pod is switched to, 0 for the other (`target`).
+    pub route_target: IntGaugeVec,
+    /// Switch generation.
+    pub route_generation: IntGauge,
+    /// Switch requests, by `outcome` (applied|unchanged|invalid|refused|failed).
+    pub switch_requests: IntCounterVec,
+    /// Admin mutations, by `endpoint` and `outcome`.
+    pub admin_mutations: IntCounterVec,
+    /// Requests signed, by `target`.
+    pub signed_requests: IntCounterVec,
+    /// Signed requests the cluster refused, by `target` and `outcome`.
+    pub signature_refusals: IntCounterVec,
+    /// Credential reloads, by `target` and `outcome` (updated|failed).
+    pub credential_reloads: IntCounterVec,
+    /// 1 for the outcome of the last credential check, by `target` and `outcome`.
+    pub credential_check: IntGaugeVec,
+    /// Build information (`version`), always 1.
+    pub build_info: IntGaugeVec,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Declares every family on `registry`.
+    pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(format!("rmq_sidecar_{name}"), help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(format!("rmq_sidecar_{name}"), help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "rmq_sidecar_request_duration_seconds",
+                "Time from a request entering the sidecar to its response leaving it",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["target", "peer", "group"],
+        )?;
+        registry.register(Box::new(request_duration.clone()))?;
+        let route_generation = IntGauge::new(
+            "rmq_sidecar_route_generation",
+            "Switch generation of the pod's route",
+        )?;
+        registry.register(Box::new(route_generation.clone()))?;
+        let m = Self {
+            requests: counter(
+                "requests_total",
+                "Requests from the app",
+                &["target", "peer", "code"],
+            )?,
+            responses: counter(
+                "responses_total",
+                "Responses to the app's requests",
+                &["target", "peer", "code", "response_code"],
+            )?,
+            request_duration,
+            broker_requests: counter(
+                "broker_requests_total",
+                "Requests brokers sent to the app",
+                &["target", "code"],
+            )?,
+            bytes: counter("bytes_total", "Bytes relayed", &["target", "direction"])?,
+            client_connections_opened: counter(
+                "client_connections_opened_total",
+                "App connections accepted",
+                &["listener"],
+            )?,
+            client_connections_closed: counter(
+                "client_connections_closed_total",
+                "App connections closed",
+                &["listener", "cause"],
+            )?,
+            client_connections_active: gauge(
+                "client_connections_active",
+                "App connections open",
+                &["listener"],
+            )?,
+            upstream_connections_opened: counter(
+                "upstream_connections_opened_total",
+                "Upstream connections opened",
+                &["target", "peer"],
+            )?,
+            upstream_connections_closed: counter(
+                "upstream_connections_closed_total",
+                "Upstream connections closed",
+                &["target", "peer", "cause"],
+            )?,
+            upstream_connections_active: gauge(
+                "upstream_connections_active",
+                "Upstream connections open",
+                &["target", "peer"],
+            )?,
+            upstream_connect_failures: counter(
+                "upstream_connect_failures_total",
+                "Failed connects to name servers and brokers",
+                &["target", "peer"],
+            )?,
+            frames_rejected: counter(
+                "frames_rejected_total",
+                "Frames that closed their connection",
+                &["reason"],
+            )?,
+            namesrv_failovers: counter(
+                "namesrv_failovers_total",
+                "Answers that came from another name server than the preferred one",
+                &["target"],
+            )?,
+            route_answers: counter(
+                "route_answers_total",
+                "Route answers served, by the cluster that answered",
+                &["cluster"],
+            )?,
+            broker_listeners: gauge(
+                "broker_listeners",
+                "Broker listeners open (each with its VIP twin)",
+                &["target"],
+            )?,
+            route_target: gauge(
+                "route_target",
+                "1 for the cluster the pod is switched to",
+                &["target"],
+            )?,
+            route_generation,
+            switch_requests: counter(
+                "switch_requests_total",
+                "Route switch requests",
+                &["outcome"],
+            )?,
+            admin_mutations: counter(
+                "admin_mutations_total",
+                "Admin mutations",
+                &["endpoint", "outcome"],
+            )?,
+            signed_requests: counter(
+                "signed_requests_total",
+                "Requests signed with the cluster's credentials",
+                &["target"],
+            )?,
+            signature_refusals: counter(
+                "signature_refusals_total",
+                "Signed requests the cluster refused",
+                &["target", "outcome"],
+            )?,
+            credential_reloads: counter(
+                "credential_reloads_total",
+                "Credential reloads",
+                &["target", "outcome"],
+            )?,
+            credential_check: gauge(
+                "credential_check",
+                "1 for the outcome of the last credential check",
+                &["target", "outcome"],
+            )?,
+            build_info: gauge("build_info", "Build information", &["version"])?,
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Ok(m)
+    }
+
+    /// The text exposition format (version 0.0.4) and its content type.
+    pub fn encode(&self) -> (Vec<u8>, String) {
+        let encoder = TextEncoder::new();
+        let mut out = Vec::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        (out, encoder.format_type().to_owned())
+    }
+
+    /// Sets the route gauges.
+    pub fn set_route(&self, target: &str, generation: u64) {
+        for t in ["old", "new"] {
+            self.route_target
+                .with_label_values(&[t])
+                .set(i64::from(t == target));
+        }
+        self.route_generation.set(generation as i64);
+    }
+
+    /// Sets the last credential check outcome of `target`.
+    pub fn set_check(&self, target: &str, outcome: &str) {
+        for o in CHECK_OUTCOMES {
+            self.credential_check
+                .with_label_values(&[target, o])
+                .set(i64::from(*o == outcome));
+        }
+    }
+}
+
+/// Every credential check outcome label.
+pub const CHECK_OUTCOMES: &[&str] = &[
+    "ok",
+    "unknown_access_key",
+    "signature_rejected",
+    "no_permission",
+    "unreachable",
+    "unexpected",
+    "not_checked",
+];
+
+/// Response-code label: the code if it is one RocketMQ defines, else "other".
+pub fn response_code_label(code: i32) -> &'static str {
+    match code {
+        0 => "0",
+        1 => "1",
+        2 => "2",
+        3 => "3",
+        4 => "4",
+        10 => "10",
+        11 => "11",
+        12 => "12",
+        13 => "13",
+        14 => "14",
+        16 => "16",
+        17 => "17",
+        19 => "19",
+        20 => "20",
+        21 => "21",
+        22 => "22",
+        24 => "24",
+        25 => "25",
+        26 => "26",
+        29 => "29",
+        206 => "206",
+        208 => "208",
+        215 => "215",
+        1500 => "1500",
+        3001 => "3001",
+        3002 => "3002",
+        _ => "other",
+    }
+}
+
+/// Latency group of a request code (held pulls must not blur send latency).
+pub fn code_group(code: i32) -> &'static str {
+    match code {
+        10 | 310 | 320 | 324 | 325 | 370 => "send",
+        11 | 361 | 200050 | 200052 => "pull",
+        34 | 35 | 46 => "heartbeat",
+        14 | 15 | 29 | 30 | 31 | 32 => "offset",
+        36 | 37 | 38 | 41 | 42 | 400 | 401 => "consumer",
+        12 | 33 => "query",
+        100..=106 | 206 | 216 | 219 | 224 | 304 | 311..=313 => "namesrv",
+        _ => "other",
+    }
+}
