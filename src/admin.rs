@@ -10,6 +10,14 @@
 //! - `GET /listeners` upstream broker address to local listener mappings.
 //! - `POST /credentials/check` runs the credential check of every cluster with
 //!   credentials now and answers the `credentials` part of `GET /route`.
+//! - `GET /metrics` Prometheus text exposition (also on the health port).
+//! - `GET /config` the effective configuration, secrets redacted.
+//! - `GET /connections` open app connections by listener and by upstream broker.
+//! - `GET /log-level`, `PUT /log-level` `{"filter":"info,rocketmq_sidecar=debug"}`.
+//! - `POST /drain` stop accepting app connections, close the idle ones (preStop hooks).
+//! - `POST /shutdown` drain and exit, only when `admin.enable_shutdown` is set.
+//!
+//! Every mutation is logged and counted (`rmq_sidecar_admin_mutations_total`).
 //!
 //! Health port (`listen.health`, reachable by the kubelet and Prometheus), read-only:
 //! `GET /live`, `GET /ready`, `GET /route`. Mutations answer 405 there.
@@ -33,9 +41,11 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::{Config, Target};
 use crate::health::Health;
+use crate::logging::LogControl;
 use crate::proxy::check;
 use crate::proxy::listeners::ListenerRegistry;
 use crate::proxy::RelayContext;
@@ -68,6 +78,16 @@ pub struct AdminState {
     pub ctx: Arc<RelayContext>,
     /// Token file for mutations, if configured.
     pub token_file: Option<PathBuf>,
+    /// The live log filter.
+    pub log: Arc<LogControl>,
+    /// Set to true by `POST /shutdown` (when enabled).
+    pub shutdown: watch::Sender<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLevelUpdate {
+    filter: String,
 }
 
 #[derive(Deserialize)]
@@ -134,24 +154,79 @@ pub async fn handle(
             r
         }
         (Port::Admin, &Method::GET, "/") => json_response(StatusCode::OK, index_json()),
+        (Port::Admin, &Method::GET, "/config") => {
+            json_response(StatusCode::OK, config_json(&state.config))
+        }
+        (Port::Admin, &Method::GET, "/connections") => {
+            json_response(StatusCode::OK, connections_json(state))
+        }
+        (Port::Admin, &Method::GET, "/log-level") => {
+            json_response(StatusCode::OK, json!({ "filter": state.log.get() }))
+        }
+        (Port::Admin, &Method::PUT, "/log-level") => {
+            if let Some(refusal) = authorize(state, peer, &req) {
+                count(state, "log_level", "unauthorized");
+                return refusal;
+            }
+            let (response, outcome) = put_log_level(state, peer, req).await;
+            count(state, "log_level", outcome);
+            response
+        }
+        (Port::Admin, &Method::POST, "/drain") => {
+            if let Some(refusal) = authorize(state, peer, &req) {
+                count(state, "drain", "unauthorized");
+                return refusal;
+            }
+            let already = state.ctx.draining.send_replace(true);
+            tracing::info!(%peer, already_draining = already, open = state.ctx.conns.count(), "POST /drain: no new app connections; idle ones are closed");
+            count(
+                state,
+                "drain",
+                if already { "unchanged" } else { "applied" },
+            );
+            let body = json!({ "draining": true, "client_connections": state.ctx.conns.count() });
+            json_response(StatusCode::ACCEPTED, body)
+        }
+        (Port::Admin, &Method::POST, "/shutdown") => {
+            if let Some(refusal) = authorize(state, peer, &req) {
+                count(state, "shutdown", "unauthorized");
+                return refusal;
+            }
+            if !state.config.enable_shutdown {
+                count(state, "shutdown", "refused");
+                tracing::info!(%peer, "POST /shutdown refused: not enabled");
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "shutdown is disabled; set admin.enable_shutdown = true (or RMQ_SIDECAR_ENABLE_SHUTDOWN=true)",
+                );
+            }
+            tracing::info!(%peer, "POST /shutdown: draining, then exiting");
+            count(state, "shutdown", "applied");
+            state.shutdown.send_replace(true);
+            json_response(StatusCode::ACCEPTED, json!({ "shutting_down": true }))
+        }
         (Port::Admin, &Method::GET, "/listeners") => json_response(
             StatusCode::OK,
             json!({ "listeners": state.listeners.mappings() }),
         ),
         (Port::Admin, &Method::PUT, "/route") | (Port::Admin, &Method::POST, "/route") => {
             if let Some(refusal) = authorize(state, peer, &req) {
+                count(state, "route", "unauthorized");
                 return refusal;
             }
             let (response, outcome) = put_route(state, peer, req).await;
-            let m = &state.ctx.metrics;
-            m.switch_requests.with_label_values(&[outcome]).inc();
-            m.admin_mutations
-                .with_label_values(&["route", outcome])
+            state
+                .ctx
+                .metrics
+                .switch_requests
+                .with_label_values(&[outcome])
                 .inc();
+            count(state, "route", outcome);
             response
         }
         (Port::Admin, &Method::POST, "/credentials/check") => {
             if let Some(refusal) = authorize(state, peer, &req) {
+                count(state, "credentials_check", "unauthorized");
                 return refusal;
             }
             for cluster in &state.ctx.clusters {
@@ -159,13 +234,25 @@ pub async fn handle(
                 check::run(cluster, cfg.namesrv_timeout, cfg.frame_max_bytes).await;
             }
             tracing::info!(%peer, "credential check run on request");
+            count(state, "credentials_check", "applied");
             json_response(StatusCode::OK, credentials_json(state))
         }
-        (Port::Health, m, "/route") if m != Method::GET => error(
+        (Port::Health, _, "/live" | "/ready" | "/route" | "/metrics") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "the health port is read-only; send mutations to the admin port",
         ),
-        (_, _, "/live" | "/ready" | "/route" | "/listeners" | "/credentials/check" | "/") => error(
+        (Port::Health, _, _) => error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no endpoint {path} on the health port (it serves /live, /ready, /route, /metrics)"
+            ),
+        ),
+        (
+            _,
+            _,
+            "/live" | "/ready" | "/route" | "/listeners" | "/credentials/check" | "/metrics"
+            | "/config" | "/connections" | "/log-level" | "/drain" | "/shutdown" | "/",
+        ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{method} is not allowed on {path}"),
         ),
@@ -272,6 +359,126 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+fn count(state: &AdminState, endpoint: &str, outcome: &str) {
+    state
+        .ctx
+        .metrics
+        .admin_mutations
+        .with_label_values(&[endpoint, outcome])
+        .inc();
+}
+
+async fn put_log_level(
+    state: &AdminState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> (Response<Full<Bytes>>, &'static str) {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let msg = format!("cannot read the body: {e}");
+            return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
+        }
+    };
+    let update: LogLevelUpdate = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            let msg = format!(
+                "body must be JSON like {{\"filter\":\"info,rocketmq_sidecar=debug\"}}: {e}"
+            );
+            return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
+        }
+    };
+    let before = state.log.get();
+    match state.log.set(&update.filter) {
+        Ok(()) => {
+            tracing::info!(%peer, from = %before, to = %state.log.get(), "log filter changed");
+            let body = json!({ "filter": state.log.get() });
+            (json_response(StatusCode::OK, body), "applied")
+        }
+        Err(e) => {
+            tracing::info!(%peer, reason = %e, "log filter change refused");
+            (error(StatusCode::BAD_REQUEST, &e), "invalid")
+        }
+    }
+}
+
+/// The effective configuration, secrets redacted (credential *sources* are shown, never
+/// values).
+pub fn config_json(c: &Config) -> serde_json::Value {
+    let cluster = |k: &crate::config::ClusterConfig| {
+        json!({
+            "namesrv": k.namesrv,
+            "broker_name_prefix": k.broker_name_prefix,
+            "credentials": k.credentials.describe(),
+            "unique_key_rule": format!("{:?}", k.unique_key_rule).to_ascii_lowercase(),
+            "check_topic": k.check_topic,
+        })
+    };
+    json!({
+        "target": c.target,
+        "state_dir": c.state_dir.as_ref().map(|p| p.display().to_string()),
+        "drain_seconds": c.drain.as_secs(),
+        "frame_max_bytes": c.frame_max_bytes,
+        "log": c.log,
+        "log_format": format!("{:?}", c.log_format).to_ascii_lowercase(),
+        "listen": {
+            "namesrv": c.namesrv_listen.to_string(),
+            "admin": c.admin_listen.to_string(),
+            "health": c.health_listen.to_string(),
+            "broker_bind": c.broker_bind.to_string(),
+            "broker_fallback_ports": format!("{}-{}", c.broker_fallback_ports.0, c.broker_fallback_ports.1),
+        },
+        "admin": {
+            "token_file": c.admin_token_file.as_ref().map(|p| p.display().to_string()),
+            "enable_shutdown": c.enable_shutdown,
+        },
+        "upstream": {
+            "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
+            "namesrv_timeout_ms": c.namesrv_timeout.as_millis() as u64,
+            "retire_idle_seconds": c.retire_idle.map(|d| d.as_secs()).unwrap_or(0),
+        },
+        "clusters": { "old": cluster(&c.old), "new": cluster(&c.new) },
+    })
+}
+
+/// Open app connections by listener, and relays per upstream broker.
+pub fn connections_json(state: &AdminState) -> serde_json::Value {
+    let m = &state.ctx.metrics;
+    let by = |l: &str| {
+        m.client_connections_active
+            .with_label_values(&[l])
+            .get()
+            .max(0)
+    };
+    let mut upstreams: Vec<serde_json::Value> = state
+        .listeners
+        .mappings()
+        .into_iter()
+        .map(|mapping| {
+            let open = state
+                .ctx
+                .open_by_upstream
+                .get(&mapping.upstream)
+                .map(|e| e.1)
+                .unwrap_or(0);
+            json!({
+                "cluster": mapping.cluster,
+                "upstream": mapping.upstream,
+                "local": mapping.local.to_string(),
+                "open": open,
+            })
+        })
+        .collect();
+    upstreams.sort_by(|a, b| b["open"].as_u64().cmp(&a["open"].as_u64()));
+    json!({
+        "client_connections": state.ctx.conns.count(),
+        "by_listener": { "namesrv": by("namesrv"), "broker": by("broker") },
+        "draining": *state.ctx.draining.borrow(),
+        "upstreams": upstreams,
+    })
+}
+
 /// The `GET /route` document.
 pub fn route_json(state: &AdminState) -> serde_json::Value {
     let now = state.route.current();
@@ -338,6 +545,13 @@ fn index_json() -> serde_json::Value {
             {"method": "PUT", "path": "/route", "about": "switch: {\"target\":\"old\"|\"new\"}"},
             {"method": "GET", "path": "/listeners", "about": "upstream broker -> local listener map"},
             {"method": "POST", "path": "/credentials/check", "about": "run the credential check of every cluster now"},
+            {"method": "GET", "path": "/metrics", "about": "Prometheus metrics (also on the health port)"},
+            {"method": "GET", "path": "/config", "about": "effective configuration, secrets redacted"},
+            {"method": "GET", "path": "/connections", "about": "open app connections by listener and upstream"},
+            {"method": "GET", "path": "/log-level", "about": "the log filter in force"},
+            {"method": "PUT", "path": "/log-level", "about": "change the log filter: {\"filter\":\"debug\"}"},
+            {"method": "POST", "path": "/drain", "about": "stop accepting app connections, close idle ones"},
+            {"method": "POST", "path": "/shutdown", "about": "drain and exit (only when admin.enable_shutdown)"},
         ]
     })
 }

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::acl::credentials::ReloadOutcome;
 use crate::admin::{self, AdminState, Port};
 use crate::config::Config;
 use crate::health::Health;
+use crate::logging::LogControl;
 use crate::metrics::Metrics;
 use crate::protocol::code::request;
 use crate::protocol::Header;
@@ -57,6 +59,7 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct App {
     config: Arc<Config>,
+    log: Option<Arc<LogControl>>,
 }
 
 /// A started sidecar.
@@ -76,6 +79,7 @@ pub struct Running {
     pub listeners: Arc<ListenerRegistry>,
     /// Open client connections.
     pub conns: ConnTracker,
+    shutdown: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -86,12 +90,23 @@ impl App {
     pub fn new(config: Config) -> Self {
         Self {
             config: Arc::new(config),
+            log: None,
         }
+    }
+
+    /// Lets `PUT /log-level` change the process's log filter.
+    pub fn with_log_control(mut self, log: Arc<LogControl>) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// Binds every listener, restores persisted state and starts serving.
     pub async fn start(self) -> Result<Running, StartError> {
         let config = self.config;
+        let log = self
+            .log
+            .unwrap_or_else(|| Arc::new(LogControl::fixed(&config.log)));
+        let (shutdown_tx, shutdown) = watch::channel(false);
         let (route, restored) = RouteSwitch::load(&config)?;
         let route = Arc::new(route);
         if restored {
@@ -142,6 +157,8 @@ impl App {
             listeners: listeners.clone(),
             ctx: ctx.clone(),
             token_file: config.admin_token_file.clone(),
+            log,
+            shutdown: shutdown_tx,
         });
         let tasks = vec![
             tokio::spawn(role.serve(ns_listener)),
@@ -174,6 +191,7 @@ impl App {
             health,
             listeners,
             conns: ctx.conns.clone(),
+            shutdown,
             tasks,
         })
     }
@@ -188,6 +206,12 @@ impl Running {
             _ = self.conns.wait_idle() => true,
             _ = tokio::time::sleep(drain) => false,
         }
+    }
+
+    /// Resolves when `POST /shutdown` (if enabled) asked the process to stop.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown.clone();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Stops the servers (open relays end with the runtime).

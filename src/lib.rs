@@ -14,6 +14,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

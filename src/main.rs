@@ -1,10 +1,10 @@
 //! `rmq-sidecar`: run the sidecar, or `check` a configuration.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use rocketmq_sidecar::config::{Config, LogFormat, ProcessEnv};
+use rocketmq_sidecar::config::{Config, ProcessEnv};
+use rocketmq_sidecar::logging::LogControl;
 use rocketmq_sidecar::App;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -17,12 +17,14 @@ rmq-sidecar: RocketMQ migration sidecar
 USAGE:
     rmq-sidecar [--config PATH]          run (defaults + RMQ_SIDECAR_* variables without --config)
     rmq-sidecar check [--config PATH]    validate the configuration and exit
+    rmq-sidecar list-metrics             print every metric family (name, type, labels, help)
     rmq-sidecar --version | --help
 ";
 
 enum Command {
     Run(Option<PathBuf>),
     Check(Option<PathBuf>),
+    ListMetrics,
 }
 
 fn parse_args() -> Result<Command, String> {
@@ -33,6 +35,7 @@ fn parse_args() -> Result<Command, String> {
         match arg.as_str() {
             "check" if !check && config.is_none() => check = true,
             "run" => {}
+            "list-metrics" => return Ok(Command::ListMetrics),
             "--config" | "-c" => {
                 config = Some(PathBuf::from(args.next().ok_or("--config needs a path")?));
             }
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
     let (path, check_only) = match command {
         Command::Run(p) => (p, false),
         Command::Check(p) => (p, true),
+        Command::ListMetrics => return list_metrics(),
     };
     let config = match Config::load(path.as_deref(), &ProcessEnv) {
         Ok(c) => c,
@@ -102,10 +106,13 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = init_logging(&config) {
-        eprintln!("rmq-sidecar: invalid configuration: log: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let log = match LogControl::init(&config.log, config.log_format) {
+        Ok(l) => std::sync::Arc::new(l),
+        Err(e) => {
+            eprintln!("rmq-sidecar: invalid configuration: log: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
@@ -117,23 +124,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, log))
 }
 
-fn init_logging(config: &Config) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).map_err(|e| e.to_string())?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+/// Prints every metric family: name, type, label names, help.
+fn list_metrics() -> ExitCode {
+    match rocketmq_sidecar::metrics::Metrics::new(prometheus::Registry::new()) {
+        Ok(m) => {
+            for (name, kind, help, labels) in m.families() {
+                println!("{name}\t{kind}\t{}\t{help}", labels.join(","));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rmq-sidecar: {e}");
+            ExitCode::FAILURE
+        }
     }
-    .map_err(|e| e.to_string())
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, log: std::sync::Arc<LogControl>) -> ExitCode {
     let drain = config.drain;
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
@@ -145,7 +155,7 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running = match App::new(config).start().await {
+    let running = match App::new(config).with_log_control(log).start().await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -154,6 +164,7 @@ async fn run(config: Config) -> ExitCode {
     };
     tokio::select! {
         _ = term.recv() => {}
+        _ = running.shutdown_requested() => tracing::info!("POST /shutdown: draining"),
         _ = int.recv() => {
             tracing::info!("SIGINT: exiting now");
             return ExitCode::from(130);

@@ -220,6 +220,71 @@ impl Metrics {
         Ok(m)
     }
 
+    /// Every declared family as (name, type, help, label names), whether or not it has
+    /// samples yet (`rmq-sidecar list-metrics`; dashboards and alerts are checked against it).
+    pub fn families(&self) -> Vec<(String, &'static str, String, Vec<String>)> {
+        use prometheus::core::Collector;
+        let counters = [
+            &self.requests,
+            &self.responses,
+            &self.broker_requests,
+            &self.bytes,
+            &self.client_connections_opened,
+            &self.client_connections_closed,
+            &self.upstream_connections_opened,
+            &self.upstream_connections_closed,
+            &self.upstream_connect_failures,
+            &self.frames_rejected,
+            &self.namesrv_failovers,
+            &self.route_answers,
+            &self.switch_requests,
+            &self.admin_mutations,
+            &self.signed_requests,
+            &self.signature_refusals,
+            &self.credential_reloads,
+        ];
+        let gauges = [
+            &self.client_connections_active,
+            &self.upstream_connections_active,
+            &self.broker_listeners,
+            &self.route_target,
+            &self.credential_check,
+            &self.build_info,
+        ];
+        let mut descs: Vec<(&prometheus::core::Desc, &'static str)> = Vec::new();
+        for c in counters {
+            descs.extend(c.desc().into_iter().map(|d| (d, "counter")));
+        }
+        for g in gauges {
+            descs.extend(g.desc().into_iter().map(|d| (d, "gauge")));
+        }
+        descs.extend(
+            self.request_duration
+                .desc()
+                .into_iter()
+                .map(|d| (d, "histogram")),
+        );
+        descs.extend(
+            self.route_generation
+                .desc()
+                .into_iter()
+                .map(|d| (d, "gauge")),
+        );
+        let mut out: Vec<_> = descs
+            .into_iter()
+            .map(|(d, kind)| {
+                (
+                    d.fq_name.clone(),
+                    kind,
+                    d.help.clone(),
+                    d.variable_labels.clone(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The text exposition format (version 0.0.4) and its content type.
     pub fn encode(&self) -> (Vec<u8>, String) {
         let encoder = TextEncoder::new();

@@ -221,3 +221,53 @@ async fn secrets_never_reach_the_logs() {
         assert!(!text.contains(SECRET), "the secret appears in the {what}");
     }
 }
+
+#[tokio::test]
+async fn log_level_changes_at_runtime_and_shutdown_endpoint_when_enabled() {
+    let ns = FakeNameServer::start(HashMap::new()).await;
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .env("RMQ_SIDECAR_OLD_NAMESRV", ns.addr.to_string())
+        .env("RMQ_SIDECAR_LISTEN", format!("127.0.0.1:{p1}"))
+        .env("RMQ_SIDECAR_ADMIN", format!("127.0.0.1:{p2}"))
+        .env("RMQ_SIDECAR_METRICS", format!("127.0.0.1:{p3}"))
+        .env("RMQ_SIDECAR_BROKER_BIND", "127.90.0.0/16")
+        .env("RMQ_SIDECAR_ENABLE_SHUTDOWN", "true")
+        .env("RMQ_SIDECAR_DRAIN_SECONDS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
+    assert_eventually!(http_ok(admin, "/live").await, 10, "sidecar up");
+    let (status, body) = http(
+        admin,
+        "PUT",
+        "/log-level",
+        Some("{\"filter\":\"debug,hyper=info\"}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = http(admin, "GET", "/log-level", None).await;
+    assert!(body.contains("debug,hyper=info"), "{body}");
+    let (status, _) = http(
+        admin,
+        "PUT",
+        "/log-level",
+        Some("{\"filter\":\"=broken[\"}"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (_, body) = http(admin, "GET", "/log-level", None).await;
+    assert!(
+        body.contains("debug,hyper=info"),
+        "an invalid filter changes nothing: {body}"
+    );
+
+    let (status, body) = http(admin, "POST", "/shutdown", None).await;
+    assert_eq!(status, 202, "{body}");
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}

@@ -51,6 +51,8 @@ pub struct ListenFile {
 pub struct AdminFile {
     /// File holding a bearer token that mutations must carry.
     pub token_file: Option<String>,
+    /// Whether `POST /shutdown` may stop the sidecar.
+    pub enable_shutdown: Option<bool>,
 }
 
 /// `[upstream]`

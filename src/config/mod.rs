@@ -138,6 +138,8 @@ pub struct Config {
     pub broker_fallback_ports: (u16, u16),
     /// Token file for admin mutations.
     pub admin_token_file: Option<PathBuf>,
+    /// Whether `POST /shutdown` may stop the sidecar.
+    pub enable_shutdown: bool,
     /// Connect timeout to upstreams.
     pub connect_timeout: Duration,
     /// Per-name-server answer timeout.
@@ -349,6 +351,21 @@ impl Config {
             });
         }
 
+        let (shutdown_s, shutdown_env) = pick(
+            env::ENABLE_SHUTDOWN,
+            file.admin.enable_shutdown.map(|b| b.to_string()),
+        );
+        let enable_shutdown = match shutdown_s.as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "admin.enable_shutdown",
+                    message: format!("'{other}' is not true or false"),
+                    env: shutdown_env,
+                })
+            }
+        };
         let (token_s, _) = pick(env::ADMIN_TOKEN_FILE, file.admin.token_file);
         let admin_token_file = token_s.filter(|s| !s.trim().is_empty()).map(PathBuf::from);
 
@@ -434,6 +451,7 @@ impl Config {
             broker_bind,
             broker_fallback_ports,
             admin_token_file,
+            enable_shutdown,
             connect_timeout,
             namesrv_timeout,
             retire_idle,

@@ -324,7 +324,14 @@ async fn accept_loop(
     kind: &'static str,
 ) {
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = ctx.drain_requested() => {
+                tracing::info!(local = %m.local, listener = kind, "draining: broker listener closed");
+                return;
+            }
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 let ctx = ctx.clone();
                 let upstream = m.upstream.clone();

@@ -58,6 +58,10 @@ pub struct RelayContext {
     pub retire_idle: Option<Duration>,
     /// Metrics.
     pub metrics: Metrics,
+    /// Set by `POST /drain`: stop accepting app connections, close idle ones.
+    pub draining: watch::Sender<bool>,
+    /// Open relays per upstream broker address.
+    pub open_by_upstream: dashmap::DashMap<String, (Target, usize)>,
 }
 
 /// Index of a cluster in [`RelayContext::clusters`].
@@ -111,7 +115,15 @@ impl RelayContext {
             route,
             retire_idle: config.retire_idle,
             metrics,
+            draining: watch::channel(false).0,
+            open_by_upstream: dashmap::DashMap::new(),
         })
+    }
+
+    /// Resolves once `POST /drain` was called.
+    pub async fn drain_requested(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
     }
 
     /// The runtime of `target`.

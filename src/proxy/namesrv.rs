@@ -60,7 +60,14 @@ impl NameServerRole {
     /// Accepts app connections on `listener` forever.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = self.ctx.drain_requested() => {
+                    tracing::info!("draining: name-server listener closed");
+                    return;
+                }
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     let this = self.clone();
                     tokio::spawn(async move { this.serve_connection(stream, peer).await });
@@ -120,7 +127,12 @@ impl NameServerRole {
                     Err(e) => break 'conn Some((e.to_string(), e.reason())),
                 }
             }
-            match rd.read_buf(&mut buf).await {
+            let read = tokio::select! {
+                r = rd.read_buf(&mut buf) => r,
+                // Draining: stop reading; answers already being worked on still go out.
+                _ = self.ctx.drain_requested() => Ok(0),
+            };
+            match read {
                 Ok(0) if buf.is_empty() => break None,
                 Ok(0) => {
                     let what = format!(

@@ -62,7 +62,14 @@ pub async fn run(
         .inc();
     let client_active = m.client_connections_active.with_label_values(&["broker"]);
     client_active.inc();
+    ctx.open_by_upstream
+        .entry(upstream.clone())
+        .or_insert((cluster, 0))
+        .1 += 1;
     let cause = relay_connected(&ctx, client, peer, cluster, &upstream).await;
+    if let Some(mut e) = ctx.open_by_upstream.get_mut(&upstream) {
+        e.1 = e.1.saturating_sub(1);
+    }
     client_active.dec();
     m.client_connections_closed
         .with_label_values(&["broker", cause])
@@ -261,19 +268,30 @@ impl Activity {
 /// and the app has sent nothing for `retire_idle`: the client has dropped this broker
 /// (Java and Go clients heartbeat every broker they use every 30 s). Closing the
 /// connection then lets the broker move the app's queues to other group members at
-/// once instead of after its 120 s channel expiry. Never resolves when disabled.
+/// once instead of after its 120 s channel expiry. Also resolves, once nothing is in
+/// flight, after `POST /drain`.
 async fn retire_when_left_behind(
     ctx: &RelayContext,
     cluster: Target,
     activity: &Activity,
 ) -> Duration {
-    let Some(idle) = ctx.retire_idle else {
-        return std::future::pending().await;
-    };
+    let idle = ctx.retire_idle.unwrap_or(Duration::MAX);
     let tick = (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        tokio::time::sleep(tick).await;
-        if ctx.route.borrow().target != cluster
+        if *ctx.draining.borrow() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = ctx.drain_requested() => {}
+            }
+        }
+        // After `POST /drain`, every connection with nothing in flight is closed.
+        if *ctx.draining.borrow() && activity.pending() == 0 {
+            return activity.idle_for();
+        }
+        if ctx.retire_idle.is_some()
+            && ctx.route.borrow().target != cluster
             && activity.pending() == 0
             && activity.idle_for() >= idle
         {
