@@ -93,3 +93,76 @@ fn reload_follows_the_symlink_swap_and_keeps_old_credentials_when_broken() {
     assert_eq!(store.get().unwrap().secret_key.expose(), "secret-2");
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Known answers computed by Apache RocketMQ's own `AclClientRPCHook` (rocketmq-acl 4.9.8,
+/// cross-checked against rocketmq-client 5.3.3), regenerated and compared by
+/// `tests/interop/test_acl_vectors.py`. Our signer must give the same Signature, and for
+/// `QUERY_MESSAGE` the one each server version verifies.
+#[test]
+fn signatures_match_the_official_java_implementation() {
+    use rocketmq_sidecar::acl::{sign_request, Credentials, SecretKey, UniqueKeyRule};
+    use rocketmq_sidecar::protocol::{Header, SerializeType};
+    use serde_json::Value;
+
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/acl_vectors.json"
+    ))
+    .unwrap();
+    let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert!(cases.len() >= 9, "fixture has every case");
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+    };
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let body = case["body_base64"].as_str().map(b64).unwrap_or_default();
+        let creds = Credentials {
+            access_key: case["access_key"].as_str().unwrap().to_owned(),
+            secret_key: SecretKey::new(case["secret_key"].as_str().unwrap()),
+            security_token: case["security_token"].as_str().map(str::to_owned),
+        };
+        let version = case["version"].as_i64().unwrap() as i32;
+        let base = match case.get("ext_json_in").and_then(Value::as_str) {
+            // As a C++ client sends it: JSON numbers and booleans in extFields.
+            Some(raw) => Header::decode(SerializeType::Json, raw.as_bytes()).unwrap(),
+            None => {
+                let mut h = Header::request(case["code"].as_i64().unwrap() as i32, 1);
+                h.version = version;
+                for (k, v) in case["ext_fields_in"].as_object().unwrap() {
+                    h.set_ext(k, v.as_str().unwrap());
+                }
+                h
+            }
+        };
+        let has_unique = base.ext("_UNIQUE_KEY_QUERY").is_some();
+        let java = case["signature"].as_str().unwrap();
+        let without = case["signature_without_unique_key"]
+            .as_str()
+            .unwrap_or(java);
+        for (rule, expected) in [
+            (UniqueKeyRule::Excluded, without),
+            (
+                UniqueKeyRule::ByRequestVersion,
+                if version >= 401 { java } else { without },
+            ),
+        ] {
+            let mut h = base.clone();
+            sign_request(&mut h, &body, &creds, rule);
+            assert_eq!(h.ext("Signature"), Some(expected), "{name} with {rule:?}");
+            if !has_unique || expected == java {
+                let out = case["ext_fields_out"].as_object().unwrap();
+                let ours = h.ext_fields.clone().unwrap();
+                assert_eq!(
+                    ours.len(),
+                    out.len(),
+                    "{name}: same fields as the Java hook leaves"
+                );
+                for (k, v) in out {
+                    assert_eq!(ours.get(k), Some(v), "{name}: field {k}");
+                }
+            }
+        }
+    }
+}
