@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit/protocol/in-process tests, then the interop
 # suite against real Apache RocketMQ 4.9.x and 5.3.3 with the official Java client.
-# Installs what it needs (Rust components, pytest; Maven downloads RocketMQ and the client).
-# Set RMQ_SKIP_INTEROP=1 to run only the Rust tests.
+# Installs what it needs (Rust components; Debian packages from tests/apt-packages.txt and
+# Python packages from tests/requirements.txt; Maven downloads RocketMQ and the client).
+# Set RMQ_SKIP_INTEROP=1 to run only the Rust and the deploy (tests/deploy) tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,23 @@ echo "== cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked
+
+echo "== test dependencies: tests/apt-packages.txt (missing ones only), tests/requirements.txt"
+need python3
+missing_apt=()
+while read -r pkg _; do
+  case "$pkg" in ''|'#'*) continue ;; esac
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing_apt+=("$pkg")
+done < tests/apt-packages.txt
+if [ "${#missing_apt[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing_apt[@]}"
+fi
+python3 -m pip install -q -r tests/requirements.txt
+echo "== deploy: dashboard + alert rules vs list-metrics, promtool, admin API contract, /metrics"
+python3 -m pytest tests/deploy -v -rA
 
 if [ "${RMQ_SKIP_INTEROP:-0}" = "1" ]; then
   echo "== interop skipped (RMQ_SKIP_INTEROP=1)"

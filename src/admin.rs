@@ -209,7 +209,7 @@ pub async fn handle(
             StatusCode::OK,
             json!({ "listeners": state.listeners.mappings() }),
         ),
-        (Port::Admin, &Method::PUT, "/route") | (Port::Admin, &Method::POST, "/route") => {
+        (Port::Admin, &Method::PUT, "/route") => {
             if let Some(refusal) = authorize(state, peer, &req) {
                 count(state, "route", "unauthorized");
                 return refusal;
@@ -275,7 +275,7 @@ async fn put_route(
             return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
         }
     };
-    let update: RouteUpdate = match serde_json::from_slice(&body) {
+    let update: RouteUpdate = match json_object(&body) {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(%peer, reason = %e, "route switch refused: invalid body");
@@ -359,6 +359,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Decodes a request body that must be a JSON object (serde would also accept an array
+/// for a struct, positionally).
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v @ serde_json::Value::Object(_)) => {
+            serde_json::from_value(v).map_err(|e| e.to_string())
+        }
+        Ok(_) => Err("the body is not a JSON object".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn count(state: &AdminState, endpoint: &str, outcome: &str) {
     state
         .ctx
@@ -380,7 +392,7 @@ async fn put_log_level(
             return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
         }
     };
-    let update: LogLevelUpdate = match serde_json::from_slice(&body) {
+    let update: LogLevelUpdate = match json_object(&body) {
         Ok(u) => u,
         Err(e) => {
             let msg = format!(
@@ -389,6 +401,11 @@ async fn put_log_level(
             return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
         }
     };
+    if update.filter.trim().is_empty() {
+        let msg =
+            "filter is empty; give a directive such as \"info\" or \"info,rocketmq_sidecar=debug\"";
+        return (error(StatusCode::BAD_REQUEST, msg), "invalid");
+    }
     let before = state.log.get();
     match state.log.set(&update.filter) {
         Ok(()) => {

@@ -1,0 +1,123 @@
+"""Shared by tests/deploy: file locations and a sidecar process on free loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "rmq-sidecar.json"
+RULES = DEPLOY / "prometheus" / "rmq-sidecar-rules.yaml"
+RULES_TEST = DEPLOY / "prometheus" / "rmq-sidecar-rules.test.yaml"
+OPENAPI = DEPLOY / "admin-openapi.yaml"
+SCHEMATHESIS_CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
+
+#: A secret the test sidecar is configured with; it must never appear in admin output.
+SECRET = "s3cr3t-Never-Shown-7f0c"
+ACCESS_KEY = "AKIDdeployTestAccessKey01"
+
+
+@dataclass
+class Family:
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class SidecarProcess:
+    """One rmq-sidecar process on free loopback ports, configured through RMQ_SIDECAR_* only."""
+
+    binary: Path
+    workdir: Path
+    extra_env: dict = field(default_factory=dict)
+    namesrv_port: int = 0
+    admin_port: int = 0
+    health_port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "sidecar.log"
+
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RMQ_SIDECAR_")}
+        env.pop("RUST_LOG", None)
+        (self.workdir / "secret-key").write_text(SECRET + "\n")
+        env.update({
+            "RMQ_SIDECAR_OLD_NAMESRV": "127.0.0.1:1",
+            "RMQ_SIDECAR_NEW_NAMESRV": "127.0.0.1:2",
+            "RMQ_SIDECAR_LISTEN": f"127.0.0.1:{self.namesrv_port}",
+            "RMQ_SIDECAR_ADMIN": f"127.0.0.1:{self.admin_port}",
+            "RMQ_SIDECAR_METRICS": f"127.0.0.1:{self.health_port}",
+            "RMQ_SIDECAR_BROKER_BIND": "127.61.0.0/16",
+            "RMQ_SIDECAR_STATE_DIR": str(self.workdir / "state"),
+            "RMQ_SIDECAR_NEW_ACCESS_KEY": ACCESS_KEY,
+            "RMQ_SIDECAR_NEW_SECRET_KEY_FILE": str(self.workdir / "secret-key"),
+            "RMQ_SIDECAR_DRAIN_SECONDS": "1",
+            "RMQ_SIDECAR_LOG": "info",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def start(self, attempts: int = 3) -> "SidecarProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        last = ""
+        for _ in range(attempts):  # a port taken between free_port() and bind: try others
+            self.namesrv_port, self.admin_port, self.health_port = free_port(), free_port(), free_port()
+            log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen([str(self.binary)], cwd=self.workdir, env=self.env(),
+                                         stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    if self.request("GET", "/live")[0] == 200 and \
+                            self.request("GET", "/live", port=self.health_port)[0] == 200:
+                        return self
+                time.sleep(0.1)
+            last = self.log_tail()
+            self.stop()
+        raise AssertionError(f"the sidecar did not serve GET /live on its admin and health ports:\n{last}")
+
+    def request(self, method: str, path: str, body: bytes | str | None = None, port: int | None = None,
+                headers: dict | None = None, timeout: float = 10) -> tuple[int, dict, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.admin_port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def log_tail(self, n: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
