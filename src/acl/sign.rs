@@ -20,15 +20,17 @@ pub const SIGNATURE: &str = "Signature";
 pub const SECURITY_TOKEN: &str = "SecurityToken";
 /// Ext field QUERY_MESSAGE adds; whether servers sign it depends on their version.
 pub const UNIQUE_KEY_QUERY: &str = "_UNIQUE_KEY_QUERY";
-/// MQVersion ordinal of V4_9_4: 5.x servers sign `_UNIQUE_KEY_QUERY` from here on.
-const V4_9_4: i32 = 401;
+/// MQVersion ordinal of V4_9_3: 5.x servers leave `_UNIQUE_KEY_QUERY` out of the signed
+/// content for requests at this version or older, and include it above (measured on a
+/// 5.3.3 broker: version 400 already includes it).
+const V4_9_3: i32 = 399;
 
 /// How a server treats `_UNIQUE_KEY_QUERY` when it recomputes the signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UniqueKeyRule {
     /// 4.9.x: never part of the verified content.
     Excluded,
-    /// 5.x: part of the content when the request's `version` is 401 (V4_9_4) or later.
+    /// 5.x: part of the content when the request's `version` is above 399 (V4_9_3).
     ByRequestVersion,
 }
 
@@ -101,7 +103,7 @@ pub fn signature(
 ) -> String {
     let skip_unique = match rule {
         UniqueKeyRule::Excluded => true,
-        UniqueKeyRule::ByRequestVersion => version < V4_9_4,
+        UniqueKeyRule::ByRequestVersion => version <= V4_9_3,
     };
     // Java sorts with a TreeMap<String, String>: UTF-16 code unit order.
     let mut entries: Vec<(&String, &str)> = ext

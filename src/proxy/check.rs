@@ -14,6 +14,9 @@ use super::signing::{classify_refusal, CheckOutcome, CheckReport};
 use super::Cluster;
 use crate::acl::{sign_request, Credentials};
 use crate::protocol::code::request;
+
+/// GET_MAX_OFFSET request code.
+const GET_MAX_OFFSET: i32 = 30;
 use crate::protocol::route;
 use crate::protocol::{FrameDecoder, Header};
 
@@ -61,21 +64,49 @@ async fn check(
             "credentials could not be loaded (see the reload errors)",
         );
     };
-    let broker = match find_broker(cluster, check_topic).await {
-        Ok(addr) => addr,
+    let (broker, broker_name) = match find_broker(cluster, check_topic).await {
+        Ok(found) => found,
         Err(report) => return report,
     };
-    let answer = match heartbeat(&broker, &creds, signer.rule(), timeout, max_frame).await {
-        Ok(a) => a,
-        Err(e) => {
-            return CheckReport::new(CheckOutcome::Unreachable, format!("broker {broker}: {e}"))
+    // A heartbeat that registers no group proves authentication; reading the check
+    // topic's max offset also proves the account may use the topic (authorization).
+    let mut probes = vec![("a signed heartbeat", heartbeat_probe())];
+    if let Some(topic) = check_topic {
+        probes.push((
+            "a signed GET_MAX_OFFSET on the check topic",
+            max_offset_probe(topic, &broker_name),
+        ));
+    }
+    let mut code = 0;
+    let mut remark = String::new();
+    for (what, (header, body)) in &probes {
+        match exchange(
+            &broker,
+            header,
+            body,
+            &creds,
+            signer.rule(),
+            timeout,
+            max_frame,
+        )
+        .await
+        {
+            Ok((0, _)) => continue,
+            Ok((c, r)) => {
+                code = c;
+                remark = format!("{what}: {r}");
+                break;
+            }
+            Err(e) => {
+                return CheckReport::new(CheckOutcome::Unreachable, format!("broker {broker}: {e}"))
+            }
         }
-    };
-    let (code, remark) = answer;
+    }
     if code == 0 {
+        let what: Vec<&str> = probes.iter().map(|(w, _)| *w).collect();
         return CheckReport::new(
             CheckOutcome::Ok,
-            format!("broker {broker} authenticated a signed heartbeat"),
+            format!("broker {broker} accepted {}", what.join(" and ")),
         );
     }
     let outcome = classify_refusal(code, &remark).unwrap_or(CheckOutcome::Unexpected);
@@ -91,7 +122,18 @@ async fn check(
             secret_key: crate::acl::SecretKey::new(creds.access_key.clone()),
             security_token: creds.security_token.clone(),
         };
-        if let Ok((0, _)) = heartbeat(&broker, &swapped, signer.rule(), timeout, max_frame).await {
+        let (header, body) = heartbeat_probe();
+        let answer = exchange(
+            &broker,
+            &header,
+            &body,
+            &swapped,
+            signer.rule(),
+            timeout,
+            max_frame,
+        )
+        .await;
+        if let Ok((0, _)) = answer {
             detail.push_str(
                 "; the cluster accepts the two values the other way round: the AccessKey and \
                  SecretKey look swapped, fix the Secret (the sidecar does not swap them itself)",
@@ -101,9 +143,12 @@ async fn check(
     CheckReport::new(outcome, detail)
 }
 
-/// A broker address of `cluster`: the master of `check_topic`'s route, else the first
-/// master in the cluster info.
-async fn find_broker(cluster: &Cluster, check_topic: Option<&str>) -> Result<String, CheckReport> {
+/// A broker (address, name) of `cluster`: the master of `check_topic`'s route, else the
+/// first master in the cluster info.
+async fn find_broker(
+    cluster: &Cluster,
+    check_topic: Option<&str>,
+) -> Result<(String, String), CheckReport> {
     let (code, topic_or_info) = match check_topic {
         Some(topic) => (request::GET_ROUTEINFO_BY_TOPIC, Some(topic)),
         None => (request::GET_BROKER_CLUSTER_INFO, None),
@@ -159,45 +204,63 @@ async fn find_broker(cluster: &Cluster, check_topic: Option<&str>) -> Result<Str
     })
 }
 
-fn first_master(value: &Value) -> Option<String> {
+fn first_master(value: &Value) -> Option<(String, String)> {
     let datas: Vec<&Value> = match (value.get("brokerDatas"), value.get("brokerAddrTable")) {
         (Some(Value::Array(list)), _) => list.iter().collect(),
         (_, Some(Value::Object(table))) => table.values().collect(),
         _ => Vec::new(),
     };
-    datas
-        .iter()
-        .filter_map(|bd| bd.get("brokerAddrs")?.as_object())
-        .find_map(|addrs| {
-            addrs
-                .get("0")
-                .or_else(|| addrs.values().next())?
-                .as_str()
-                .map(str::to_owned)
-        })
+    datas.iter().find_map(|bd| {
+        let addrs = bd.get("brokerAddrs")?.as_object()?;
+        let addr = addrs.get("0").or_else(|| addrs.values().next())?.as_str()?;
+        let name = bd
+            .get("brokerName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Some((addr.to_owned(), name.to_owned()))
+    })
 }
 
-/// A signed heartbeat registering no group; returns the answer's code and remark.
-async fn heartbeat(
+/// HEART_BEAT with no producer or consumer group: changes nothing on the broker.
+fn heartbeat_probe() -> (Header, Vec<u8>) {
+    let body = format!(
+        "{{\"clientID\":\"rmq-sidecar-credential-check@{}\",\"consumerDataSet\":[],\"producerDataSet\":[]}}",
+        std::process::id()
+    );
+    (Header::request(request::HEART_BEAT, 1), body.into_bytes())
+}
+
+/// GET_MAX_OFFSET on queue 0 of `topic` (with `bname`, which 5.x proxies route by).
+fn max_offset_probe(topic: &str, broker_name: &str) -> (Header, Vec<u8>) {
+    let mut h = Header::request(GET_MAX_OFFSET, 1);
+    h.set_ext("topic", topic);
+    h.set_ext("queueId", "0");
+    if !broker_name.is_empty() {
+        h.set_ext("bname", broker_name);
+    }
+    (h, Vec::new())
+}
+
+/// Signs `header` + `body` with `creds`, sends it on a fresh connection and returns the
+/// answer's code and remark.
+async fn exchange(
     broker: &str,
+    header: &Header,
+    body: &[u8],
     creds: &Credentials,
     rule: crate::acl::UniqueKeyRule,
     timeout: Duration,
     max_frame: usize,
 ) -> Result<(i32, String), String> {
-    let body = format!(
-        "{{\"clientID\":\"rmq-sidecar-credential-check@{}\",\"consumerDataSet\":[],\"producerDataSet\":[]}}",
-        std::process::id()
-    );
-    let mut header = Header::request(request::HEART_BEAT, 1);
+    let mut header = header.clone();
     header.version = OWN_VERSION;
-    sign_request(&mut header, body.as_bytes(), creds, rule);
+    sign_request(&mut header, body, creds, rule);
     let exchange = async {
         let mut stream = TcpStream::connect(broker)
             .await
             .map_err(|e| format!("connect failed: {e}"))?;
         stream
-            .write_all(&header.encode_frame(body.as_bytes()))
+            .write_all(&header.encode_frame(body))
             .await
             .map_err(|e| format!("write failed: {e}"))?;
         let mut buf = BytesMut::with_capacity(1024);

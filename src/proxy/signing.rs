@@ -268,23 +268,30 @@ impl Signer {
     }
 }
 
-/// What an answer says about our credentials, if it is an ACL refusal. Shapes, from
-/// Apache RocketMQ: 5.x ACL 2.0 answers 16 NO_PERMISSION ("User:<ak> is not found.",
-/// "check signature failed.", ...); 4.9.x ACL 1.0 answers 1 SYSTEM_ERROR with an
-/// `AclException` remark ("No acl config for <ak>", "Check signature failed for accessKey=").
+/// What an answer says about our credentials, if it is an ACL refusal. Shapes measured on
+/// Apache RocketMQ (the remark decides; the code differs by server):
+/// - 5.3.3 broker, ACL 2.0: code 16, "User:<ak> is not found.", "check signature failed.",
+///   "username cannot be null.", "User:<ak> has no permission to access Topic:<t> ...";
+/// - 5.3.3 proxy: the same remarks with code 1;
+/// - 4.9.x broker, ACL 1.0: code 1, "...AclException: No acl config for <ak>, ...",
+///   "...Check signature failed for accessKey=<ak>", "No accessKey is configured",
+///   "No default permission for ...", "Need admin permission for request code=...".
 pub fn classify_refusal(code: i32, remark: &str) -> Option<CheckOutcome> {
-    let r = remark.to_ascii_lowercase();
-    let acl_shaped = code == 16 || r.contains("aclexception") || r.contains("acl");
-    if !acl_shaped && code != 1 {
+    if code != 1 && code != 16 {
         return None;
     }
-    if (r.contains("user") && r.contains("not found")) || r.contains("no acl config for") {
+    let r = remark.to_ascii_lowercase();
+    if (r.contains("user") && r.contains("not found"))
+        || r.contains("no acl config for")
+        || r.contains("username cannot be null")
+        || r.contains("no accesskey is configured")
+    {
         return Some(CheckOutcome::UnknownAccessKey);
     }
     if r.contains("signature") {
         return Some(CheckOutcome::SignatureRejected);
     }
-    if code == 16 || r.contains("aclexception") {
+    if r.contains("permission") || r.contains("aclexception") || code == 16 {
         return Some(CheckOutcome::NoPermission);
     }
     None

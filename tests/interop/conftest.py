@@ -2,13 +2,19 @@
 
 Clusters are expensive (about 10-20 s to start a pair on 2 cores), so they are session-wide and
 managed by ``ClusterPairs``: at most one pair runs at a time, and tests are ordered so that all
-users of the "distinct" pair run before the users of the "same" pair (one switch per session).
+users of the "distinct" pair run before the users of the "same" pair (one switch per session);
+the "acl" pair (plus a proxy) is used only by test_acl.py, which pytest collects first.
 
 Pairs (old = RocketMQ 4.9.7 servers, new = 5.3.3; see harness.py for why not 4.9.8 servers):
 
 * ``distinct``: OldCluster/old-broker-a (namesrv :29876, broker :30911) and
   NewCluster/new-broker-a (namesrv :39876, broker :40911)
 * ``same``: DefaultCluster/broker-a on both sides (namesrv :29886 / :39886, broker :30921 / :40921)
+* ``acl``: authenticated clusters: OldAclCluster/old-acl-broker with ACL 1.0 (namesrv :29896,
+  broker :30931) and NewAclCluster/new-acl-broker with ACL 2.0 authentication + authorization
+  (namesrv :39896, broker :40931), plus a RocketMQ Proxy 5.3.3 (cluster mode, authentication and
+  authorization on) in front of the new cluster (remoting :40951, gRPC :40952). Accounts:
+  ``OLD_ACL`` / ``NEW_ACL`` (SUPER) and ``NEW_LIMITED`` (no permission) below.
 
 A preferred port that is taken is replaced by the next free block (step 10). Every broker also
 binds port-2 and port+1 on all interfaces.
@@ -30,7 +36,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-from harness import Cluster  # noqa: E402
+from harness import Cluster, ClusterAuth, Proxy  # noqa: E402
+
+#: The accounts of the "acl" pair (test values; both keys longer than 6 characters).
+OLD_ACL = ClusterAuth("oldAclAccess", "oldAclSecret-4971-Q2v")
+NEW_ACL = ClusterAuth("newAclAccess", "newAclSecret-5333-Zk8")
+#: A NORMAL ACL 2.0 user of the new cluster without any permission (authorization is on there;
+#: NEW_ACL is the SUPER user and never checked).
+NEW_LIMITED = ClusterAuth("limitedAccess", "limitedSecret-5333-Rw4")
 
 PAIR_LAYOUT = {
     "distinct": {
@@ -41,6 +54,12 @@ PAIR_LAYOUT = {
         "old": dict(namesrv=29886, broker=30921, broker_name="broker-a", cluster_name="DefaultCluster"),
         "new": dict(namesrv=39886, broker=40921, broker_name="broker-a", cluster_name="DefaultCluster"),
     },
+    "acl": {
+        "old": dict(namesrv=29896, broker=30931, broker_name="old-acl-broker", cluster_name="OldAclCluster",
+                    auth=OLD_ACL),
+        "new": dict(namesrv=39896, broker=40931, broker_name="new-acl-broker", cluster_name="NewAclCluster",
+                    auth=NEW_ACL, authorization=True, proxy=40951, users=(NEW_LIMITED,)),
+    },
 }
 
 
@@ -49,9 +68,11 @@ class ClusterPair:
     kind: str
     old: Cluster
     new: Cluster
+    #: a RocketMQ Proxy in front of ``new`` (pair "acl" only)
+    proxy: Proxy | None = None
 
     def alive(self) -> bool:
-        return self.old.alive() and self.new.alive()
+        return self.old.alive() and self.new.alive() and (self.proxy is None or self.proxy.alive())
 
 
 class ClusterPairs:
@@ -75,23 +96,41 @@ class ClusterPairs:
             ns = harness.reserve_port_block(spec["namesrv"], (0,), step=10)
             br = harness.reserve_port_block(spec["broker"], harness.BROKER_PORT_OFFSETS, step=10)
             clusters[side] = Cluster(version, f"{kind}-{side}", ns, br, spec["broker_name"],
-                                     spec["cluster_name"], self.run_dir / "clusters" / kind / side)
+                                     spec["cluster_name"], self.run_dir / "clusters" / kind / side,
+                                     auth=spec.get("auth"), authorization=spec.get("authorization", False))
         pair = ClusterPair(kind, clusters["old"], clusters["new"])
+        proxy_port = layout["new"].get("proxy")
         try:
             harness.start_clusters(pair.old, pair.new)
+            for user in layout["new"].get("users", ()):
+                pair.new.create_user(user)
+            if proxy_port:
+                rp = harness.reserve_port_block(proxy_port, (0, 1), step=10)
+                pair.proxy = Proxy(pair.new, rp, rp + 1, self.run_dir / "clusters" / kind / "proxy",
+                                   auth=layout["new"].get("auth"),
+                                   authorization=layout["new"].get("authorization", False))
+                pair.proxy.start()
         except BaseException as e:
             self.failed[kind] = e
+            if pair.proxy is not None:
+                pair.proxy.dump_logs(30)
+                pair.proxy.stop(10)
+            harness.stop_clusters(pair.old, pair.new)
             raise
         self.current = pair
         return pair
 
     def stop(self) -> None:
         if self.current is not None:
+            if self.current.proxy is not None:
+                self.current.proxy.stop()
             harness.stop_clusters(self.current.old, self.current.new)
             self.current = None
 
-    def running_clusters(self) -> list[Cluster]:
-        return [] if self.current is None else [self.current.old, self.current.new]
+    def running_clusters(self) -> list:
+        if self.current is None:
+            return []
+        return [self.current.old, self.current.new] + ([self.current.proxy] if self.current.proxy else [])
 
 
 # --------------------------------------------------------------------------- session fixtures
@@ -132,6 +171,13 @@ def pair_distinct(cluster_pairs) -> ClusterPair:
 def pair_same(cluster_pairs) -> ClusterPair:
     """Old 4.9.7 and new 5.3.3 clusters that both name their broker ``broker-a``."""
     return cluster_pairs.get("same")
+
+
+@pytest.fixture
+def pair_acl(cluster_pairs) -> ClusterPair:
+    """Old 4.9.7 with ACL 1.0 + new 5.3.3 with ACL 2.0 + a RocketMQ Proxy 5.3.3 (authenticating)
+    in front of the new one. Accounts: ``conftest.OLD_ACL`` / ``conftest.NEW_ACL``."""
+    return cluster_pairs.get("acl")
 
 
 @pytest.fixture

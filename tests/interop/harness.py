@@ -185,35 +185,43 @@ def _mvn(args: Sequence[str], what: str) -> None:
 # --------------------------------------------------------------------------- downloads / builds
 
 
-def ensure_rocketmq(version: str) -> Path:
+def ensure_rocketmq(version: str, component: str = "") -> Path:
     """Download the Apache RocketMQ ``version`` servers + mqadmin once; return the lib dir.
 
     Runs ``mvn dependency:copy-dependencies`` on ``servers/pom-<version>.xml`` into
     ``<repo>/target/interop/rocketmq-<version>/lib``; a marker file (hash of the pom) makes
-    later calls free.
+    later calls free. ``component="proxy"`` does the same for the RocketMQ Proxy
+    (``servers/pom-proxy-<version>.xml`` -> ``rocketmq-proxy-<version>/lib``).
     """
-    pom = SERVERS_DIR / f"pom-{version}.xml"
+    stem = f"{component}-{version}" if component else version
+    pom = SERVERS_DIR / f"pom-{stem}.xml"
     if not pom.exists():
-        raise HarnessError(f"no server pom for RocketMQ {version}: {pom} (available: "
+        raise HarnessError(f"no server pom for RocketMQ {stem}: {pom} (available: "
                            f"{sorted(p.name for p in SERVERS_DIR.glob('pom-*.xml'))})")
-    home = OUT / f"rocketmq-{version}"
+    home = OUT / f"rocketmq-{stem}"
     lib = home / "lib"
     marker = home / ".complete"
     digest = _sha([pom])
-    with _file_lock(f"rocketmq-{version}"):
-        if marker.exists() and marker.read_text().strip() == digest and any(lib.glob("rocketmq-broker-*.jar")):
+    probe = f"rocketmq-{component or 'broker'}-*.jar"
+    with _file_lock(f"rocketmq-{stem}"):
+        if marker.exists() and marker.read_text().strip() == digest and any(lib.glob(probe)):
             return lib
         tmp = home / "lib.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _mvn(["-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"],
-             f"download RocketMQ {version} servers")
-        if not any(tmp.glob("rocketmq-broker-*.jar")):
-            raise HarnessError(f"RocketMQ {version}: no broker jar after download into {tmp}")
+             f"download RocketMQ {stem} servers")
+        if not any(tmp.glob(probe)):
+            raise HarnessError(f"RocketMQ {stem}: no {probe} after download into {tmp}")
         shutil.rmtree(lib, ignore_errors=True)
         tmp.rename(lib)
         marker.write_text(digest)
     return lib
+
+
+def ensure_proxy(version: str = "5.3.3") -> Path:
+    """The RocketMQ Proxy ``version`` jars (``servers/pom-proxy-<version>.xml``); the lib dir."""
+    return ensure_rocketmq(version, component="proxy")
 
 
 def ensure_admin_runner() -> Path:
@@ -261,13 +269,60 @@ def ensure_client(version: str) -> ClientBuild:
             return build
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        _mvn(["-f", str(CLIENT_DIR / "pom.xml"), f"-Drocketmq.client.version={version}",
+        # 4.x keeps AclClientRPCHook in the rocketmq-acl artifact; 5.3.3 has it in the client
+        profiles = ["-Pwith-acl-module"] if is_v4(version) else []
+        _mvn(["-f", str(CLIENT_DIR / "pom.xml"), f"-Drocketmq.client.version={version}", *profiles,
               f"-Dinterop.out={out}", "compile", "dependency:copy-dependencies",
               f"-DoutputDirectory={out / 'lib'}"], f"build Pod against rocketmq-client {version}")
         if not (build.classes / "sidecar" / "interop" / "Pod.class").exists():
             raise HarnessError(f"client {version}: Pod.class missing after build in {build.classes}")
         marker.write_text(digest)
     return build
+
+
+#: Maven profiles of ``acl/pom.xml``: the two Apache homes of AclClientRPCHook
+ACL_VECTOR_PROFILES = ("acl-4.9.8", "client-5.3.3")
+ACL_DIR = HERE / "acl"
+ACL_VECTORS_FIXTURE = REPO / "tests" / "fixtures" / "acl_vectors.json"
+
+
+def ensure_acl_vectors(profile: str = ACL_VECTOR_PROFILES[0]) -> ClientBuild:
+    """Compile ``acl/`` (the known-answer vector program) against the official classes of
+    ``profile`` once (cached by source hash) into ``target/interop/acl-vectors/<profile>``."""
+    if profile not in ACL_VECTOR_PROFILES:
+        raise HarnessError(f"unknown ACL vector profile {profile!r} (known: {ACL_VECTOR_PROFILES})")
+    out = OUT / "acl-vectors" / profile
+    marker = out / ".complete"
+    sources = [ACL_DIR / "pom.xml", *sorted((ACL_DIR / "src").rglob("*.java"))]
+    digest = _sha(sources, extra=profile)
+    build = ClientBuild(profile, out / "build" / "classes", out / "lib")
+    with _file_lock(f"acl-vectors-{profile}"):
+        if marker.exists() and marker.read_text().strip() == digest:
+            return build
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        _mvn(["-f", str(ACL_DIR / "pom.xml"), f"-P{profile}", f"-Dinterop.out={out}", "compile",
+              "dependency:copy-dependencies", f"-DoutputDirectory={out / 'lib'}"],
+             f"build the ACL vector program against {profile}")
+        if not (build.classes / "sidecar" / "interop" / "acl" / "AclVectors.class").exists():
+            raise HarnessError(f"ACL vectors {profile}: AclVectors.class missing in {build.classes}")
+        marker.write_text(digest)
+    return build
+
+
+def generate_acl_vectors(profile: str = ACL_VECTOR_PROFILES[0]) -> tuple[bytes, str]:
+    """Run the vector program built against ``profile``; returns (JSON bytes, its stderr line
+    naming the jar AclClientRPCHook was loaded from)."""
+    build = ensure_acl_vectors(profile)
+    argv = [_require_tool("java"), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-Dfile.encoding=UTF-8", "-cp", build.classpath, "sidecar.interop.acl.AclVectors", "-"]
+    try:
+        cp = subprocess.run(argv, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"AclVectors ({profile}) timed out") from None
+    if cp.returncode != 0:
+        raise HarnessError(f"AclVectors ({profile}) exit {cp.returncode}:\n{cp.stderr.decode('utf-8', 'replace')[-3000:]}")
+    return cp.stdout, cp.stderr.decode("utf-8", "replace").strip()
 
 
 def check_disk(path: Path = OUT, max_used: float = 0.85) -> None:
@@ -557,16 +612,54 @@ _LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+@dataclasses.dataclass(frozen=True)
+class ClusterAuth:
+    """One account (AccessKey / SecretKey) of an authenticated cluster.
+
+    On a 4.9.x broker it is an ACL 1.0 account in ``conf/plain_acl.yml`` (admin, PUB|SUB); on
+    5.3.x it is the ACL 2.0 ``initAuthenticationUser`` (a SUPER user) and also the broker's
+    ``innerClientAuthenticationCredentials``. Both keys must be longer than 6 characters.
+    """
+
+    access_key: str
+    secret_key: str
+
+    def __post_init__(self):
+        if len(self.access_key) <= 6 or len(self.secret_key) <= 6:
+            raise HarnessError("RocketMQ ACL keys must be longer than 6 characters")
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"ClusterAuth(access_key={self.access_key!r}, secret_key=<{len(self.secret_key)} chars>)"
+
+    def pod_args(self) -> list[str]:
+        """Pod options that make the app sign its own requests with these credentials."""
+        return ["--ak", self.access_key, "--sk", self.secret_key]
+
+
+def acl_kind(version: str) -> str:
+    """"ACL 1.0" (4.x: aclEnable) or "ACL 2.0" (5.x: authenticationEnabled)."""
+    return "ACL 1.0" if is_v4(version) else "ACL 2.0"
+
+
 class Cluster:
     """One real Apache RocketMQ cluster: a name server and one master broker on loopback.
 
     ``workdir`` receives everything: configs, ``namesrv/namesrv.out``, ``broker/broker.out``,
     the RocketMQ logs under ``*/user/logs/rocketmqlogs`` and the broker store.
+
+    With ``auth`` the broker authenticates every request (protocol notes 9.6): ACL 1.0 on 4.x,
+    ACL 2.0 on 5.x; mqadmin then signs with the same account (``conf/tools.yml``), and
+    ``keys_stored`` lets the query pod sign for itself. Name servers never check credentials.
+    ``authorization=True`` (5.x) also switches ACL 2.0 authorization on: the ``auth`` user is a
+    SUPER user (never checked); users made with ``create_user`` have no permission at all.
     """
 
     def __init__(self, version: str, name: str, namesrv_port: int, broker_port: int,
                  broker_name: str, cluster_name: str, workdir: Path,
-                 extra_broker_conf: dict | None = None):
+                 extra_broker_conf: dict | None = None, auth: ClusterAuth | None = None,
+                 authorization: bool = False):
+        self.auth = auth
+        self.authorization = authorization
         self.version = version
         self.name = name
         self.namesrv_port = namesrv_port
@@ -581,8 +674,9 @@ class Cluster:
         self.started_in: float | None = None
 
     def __repr__(self) -> str:
+        acl = f", {acl_kind(self.version)} as {self.auth.access_key}" if self.auth else ""
         return (f"Cluster({self.name}: RocketMQ {self.version}, {self.cluster_name}/{self.broker_name}, "
-                f"namesrv {self.namesrv_addr}, broker {self.broker_addr})")
+                f"namesrv {self.namesrv_addr}, broker {self.broker_addr}{acl})")
 
     # ---- addresses
     @property
@@ -646,8 +740,58 @@ class Cluster:
         }
         if not is_v4(self.version):
             conf["mappedFileSizeTimerLog"] = 16 * 1024 * 1024  # default 100 MiB
+        if self.auth is not None:
+            conf.update(self.acl_broker_conf())
         conf.update(self.extra_broker_conf)
         return conf
+
+    def acl_broker_conf(self) -> dict:
+        """Broker properties that switch authentication on (protocol notes 9.6)."""
+        a = self.auth
+        if is_v4(self.version):  # ACL 1.0: PlainAccessValidator, accounts in conf/plain_acl.yml
+            return {"aclEnable": "true"}
+        user = json.dumps({"username": a.access_key, "password": a.secret_key}, separators=(",", ":"))
+        inner = json.dumps({"accessKey": a.access_key, "secretKey": a.secret_key}, separators=(",", ":"))
+        conf = {  # ACL 2.0 (5.3.x)
+            "authenticationEnabled": "true",
+            "authenticationProvider":
+                "org.apache.rocketmq.auth.authentication.provider.DefaultAuthenticationProvider",
+            "authenticationMetadataProvider":
+                "org.apache.rocketmq.auth.authentication.provider.LocalAuthenticationMetadataProvider",
+            "initAuthenticationUser": user,
+            "innerClientAuthenticationCredentials": inner,
+        }
+        if self.authorization:
+            conf.update({
+                "authorizationEnabled": "true",
+                "authorizationProvider":
+                    "org.apache.rocketmq.auth.authorization.provider.DefaultAuthorizationProvider",
+                "authorizationMetadataProvider":
+                    "org.apache.rocketmq.auth.authorization.provider.LocalAuthorizationMetadataProvider",
+            })
+        return conf
+
+    def create_user(self, account: ClusterAuth, user_type: str = "Normal") -> None:
+        """ACL 2.0 (5.x): create a user (mqadmin createUser, signed by the SUPER ``auth`` user)."""
+        if is_v4(self.version) or self.auth is None:
+            raise HarnessError(f"{self.name}: users exist only on an ACL 2.0 (5.x) cluster")
+        r = self.mqadmin("createUser", "-c", self.cluster_name, "-u", account.access_key,
+                         "-p", account.secret_key, "-t", user_type)
+        if "success" not in r.out:
+            raise HarnessError(f"{self.name}: createUser {account.access_key} failed:\n{r.text[-3000:]}")
+
+    def plain_acl_yml(self) -> str:
+        """ACL 1.0 accounts file of a 4.x broker: one admin account, no white-listed address."""
+        a = self.auth
+        return ("# written by tests/interop/harness.py (ACL 1.0 test account)\n"
+                "globalWhiteRemoteAddresses: []\n"
+                "accounts:\n"
+                f"  - accessKey: {a.access_key}\n"
+                f"    secretKey: {a.secret_key}\n"
+                "    whiteRemoteAddress:\n"
+                "    admin: true\n"
+                "    defaultTopicPerm: PUB|SUB\n"
+                "    defaultGroupPerm: PUB|SUB\n")
 
     def start(self, timeout: float = 120.0) -> "Cluster":
         """Start name server then broker; wait for both banners and the broker registration.
@@ -683,6 +827,8 @@ class Cluster:
                    timeout, f"{self.name} name server boot banner", 0.25, self.namesrv.exited_reason)
 
         br_home, br_user = self._prepare_home("broker", ["broker"])
+        if self.auth is not None and is_v4(self.version):
+            (br_home / "conf" / "plain_acl.yml").write_text(self.plain_acl_yml())
         br_conf = self._dir("broker") / "broker.conf"
         br_conf.write_text("".join(f"{k}={v}\n" for k, v in self.broker_conf().items()))
         argv, env = self._java(br_home, br_user,
@@ -744,6 +890,11 @@ class Cluster:
             self.lib = ensure_rocketmq(self.version)
         runner = ensure_admin_runner()
         home, user = self._prepare_home("tools", ["tools"])
+        tools_yml = home / "conf" / "tools.yml"  # MQAdminStartup signs with these (MixAll.ACL_CONF_TOOLS_FILE)
+        if self.auth is not None:
+            tools_yml.write_text(f"accessKey: {self.auth.access_key}\nsecretKey: {self.auth.secret_key}\n")
+        else:
+            tools_yml.unlink(missing_ok=True)
         full = list(args) + (["-n", self.namesrv_addr] if namesrv else [])
         argv, env = self._java(home, user,
                                ["-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"],
@@ -815,9 +966,14 @@ class Cluster:
                          self.mqadmin("consumerConnection", "-g", group).out, re.M) is not None
 
     def keys_stored(self, topic: str, keys: Sequence[str], sample: int | None = None,
-                    seed: int = 7) -> "KeyCheck":
+                    seed: int = 7, namesrv: str | None = None, sign: bool = True) -> "KeyCheck":
         """Ask this cluster's broker(s) (QUERY_MESSAGE on the key index, directly via the real
-        name server) whether ``keys`` (or a random ``sample`` of them) are stored on ``topic``."""
+        name server) whether ``keys`` (or a random ``sample`` of them) are stored on ``topic``.
+
+        On an authenticated cluster the query pod signs with the cluster's account (unless
+        ``sign=False``). Note: a 4.9.x ACL 1.0 broker rejects every client-signed QUERY_MESSAGE
+        (it leaves ``_UNIQUE_KEY_QUERY`` out of the verified content, protocol notes 6.4), so on
+        such a cluster this raises; ``namesrv`` can point the query through a sidecar instead."""
         keys = list(keys)
         if sample is not None and len(keys) > sample:
             keys = sorted(random.Random(seed).sample(keys, sample))
@@ -830,8 +986,10 @@ class Cluster:
         kf.write_text("\n".join(keys) + "\n")
         argv = [_require_tool("java"), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 f"-Duser.home={qdir}", "-cp", build.classpath, "sidecar.interop.Pod", "query-keys",
-                "--namesrv", self.namesrv_addr, "--topic", topic, "--keys-file", str(kf),
+                "--namesrv", namesrv or self.namesrv_addr, "--topic", topic, "--keys-file", str(kf),
                 "--pod", f"query-{self.name}-{os.getpid()}"]
+        if sign and self.auth is not None:
+            argv += self.auth.pod_args()
         cp = _run_checked(argv, 60 + 3 * len(keys), f"{self.name}: query keys")
         found, missing, hosts = [], [], {}
         for line in cp.stdout.splitlines():
@@ -883,6 +1041,195 @@ def topic_max_offsets_total(cluster: Cluster, topic: str) -> int | None:
 
 def keys_stored(cluster: Cluster, topic: str, keys: Sequence[str], sample: int | None = None) -> KeyCheck:
     return cluster.keys_stored(topic, keys, sample)
+
+
+def query_keys(namesrv: str, topic: str, keys: Sequence[str], workdir: Path, *,
+               client_version: str = OLD_CLIENT_VERSION, auth: ClusterAuth | None = None,
+               name: str = "query", timeout: float | None = None) -> tuple["KeyCheck", str]:
+    """Run the pod's ``query-keys`` mode against ``namesrv`` (a cluster or a sidecar) without
+    raising on failure; returns the KeyCheck and the pod's full output (stdout + stderr + the
+    tail of its rocketmq_client.log)."""
+    build = ensure_client(client_version)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    kf = workdir / f"{name}-keys.txt"
+    kf.write_text("\n".join(keys) + "\n")
+    argv = [_require_tool("java"), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Duser.home={workdir / (name + '-home')}",
+            f"-Drocketmq.client.logRoot={workdir / (name + '-home')}/logs"]
+    if not is_v4(client_version):
+        argv.append(SHADED_LOGBACK_QUIET)
+    argv += ["-cp", build.classpath, "sidecar.interop.Pod", "query-keys", "--namesrv", namesrv,
+             "--topic", topic, "--keys-file", str(kf), "--pod", name]
+    if auth is not None:
+        argv += auth.pod_args()
+    env = {k: v for k, v in os.environ.items() if k not in ("NAMESRV_ADDR", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS")}
+    try:
+        cp = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
+                            timeout=timeout or (60 + 3 * len(keys)))
+        out = cp.stdout + "\n" + cp.stderr
+    except subprocess.TimeoutExpired as e:
+        out = f"(timed out)\n{e.stdout or ''}\n{e.stderr or ''}"
+        cp = None
+    client_log = workdir / f"{name}-home" / "logs" / "rocketmq_client.log"
+    if client_log.exists():  # the client logs a failed QUERY_MESSAGE's code and remark only here
+        out += f"\n--- {client_log} ---\n" + tail(client_log, 200)
+    (workdir / f"{name}.log").write_text(out)
+    found, missing, hosts = [], [], {}
+    for line in (cp.stdout if cp else "").splitlines():
+        cols = line.split("\t")
+        if cols[0] == "FOUND" and len(cols) >= 6:
+            found.append(cols[1])
+            hosts[cols[1]] = cols[5]
+        elif cols[0] == "MISSING" and len(cols) >= 2:
+            missing.append(cols[1])
+    return KeyCheck(found, missing, hosts), out
+
+
+class Proxy:
+    """The Apache RocketMQ Proxy (5.x, cluster mode) in front of one cluster, on loopback.
+
+    Remoting clients use ``addr`` as their name server; the proxy answers every route with its
+    own address (``remotingAccessAddr``:``remotingListenPort``) for every broker and relays the
+    broker traffic itself -- how TDMQ 5.x exposes a cluster. With ``auth`` it authenticates
+    every remoting request, GET_ROUTEINFO_BY_TOPIC included (users are looked up on the broker
+    via ``ProxyAuthenticationMetadataProvider``), and signs its own requests to the brokers with
+    the same account (``enableAclRpcHookForClusterMode`` + ``innerClientAuthenticationCredentials``).
+    Note: the 5.3.3 proxy's remoting server has no processor for QUERY_MESSAGE / VIEW_MESSAGE_BY_ID.
+    """
+
+    def __init__(self, cluster: Cluster, remoting_port: int, grpc_port: int, workdir: Path,
+                 auth: ClusterAuth | None = None, version: str | None = None, name: str | None = None,
+                 authorization: bool = False):
+        self.cluster = cluster
+        self.authorization = authorization
+        self.version = version or cluster.version
+        self.name = name or f"{cluster.name}-proxy"
+        self.remoting_port = remoting_port
+        self.grpc_port = grpc_port
+        self.workdir = Path(workdir)
+        self.auth = auth
+        self.proc: ManagedProcess | None = None
+        self.started_in: float | None = None
+
+    def __repr__(self) -> str:
+        acl = f", authentication as {self.auth.access_key}" if self.auth else ""
+        return (f"Proxy({self.name}: RocketMQ Proxy {self.version} cluster mode, remoting {self.addr}, "
+                f"gRPC :{self.grpc_port}, -> {self.cluster.cluster_name} via {self.cluster.namesrv_addr}{acl})")
+
+    @property
+    def addr(self) -> str:
+        """The proxy's remoting address: what clients use as their name server."""
+        return f"127.0.0.1:{self.remoting_port}"
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.remoting_port, self.grpc_port]
+
+    def config(self) -> dict:
+        conf = {
+            "rocketMQClusterName": self.cluster.cluster_name,
+            "proxyClusterName": f"{self.cluster.cluster_name}Proxy",
+            "proxyName": self.name,
+            "proxyMode": "cluster",
+            "namesrvAddr": self.cluster.namesrv_addr,
+            "localServeAddr": "127.0.0.1",
+            "remotingAccessAddr": "127.0.0.1",
+            "remotingListenPort": self.remoting_port,
+            "grpcServerPort": self.grpc_port,
+            "enablePrintJstack": False,
+            "rocketmqMQClientNum": 2,
+        }
+        if self.auth is not None:
+            conf.update({
+                "authenticationEnabled": True,
+                "authenticationProvider":
+                    "org.apache.rocketmq.auth.authentication.provider.DefaultAuthenticationProvider",
+                "authenticationMetadataProvider": "org.apache.rocketmq.proxy.auth.ProxyAuthenticationMetadataProvider",
+                "enableAclRpcHookForClusterMode": True,
+                "innerClientAuthenticationCredentials": json.dumps(
+                    {"accessKey": self.auth.access_key, "secretKey": self.auth.secret_key}, separators=(",", ":")),
+            })
+            if self.authorization:  # ACLs read from the broker, like the users
+                conf.update({
+                    "authorizationEnabled": True,
+                    "authorizationProvider":
+                        "org.apache.rocketmq.auth.authorization.provider.DefaultAuthorizationProvider",
+                    "authorizationMetadataProvider":
+                        "org.apache.rocketmq.proxy.auth.ProxyAuthorizationMetadataProvider",
+                })
+        return conf
+
+    def start(self, timeout: float = 120.0) -> "Proxy":
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop(10)
+            raise
+
+    def _start(self, timeout: float) -> "Proxy":
+        t0 = time.monotonic()
+        busy = [p for p in self.ports if not port_free(p)]
+        if busy:
+            raise HarnessError(f"{self.name}: ports already in use: {busy}")
+        lib = ensure_proxy(self.version)
+        home, user = self.workdir / "home", self.workdir / "user"
+        (home / "conf").mkdir(parents=True, exist_ok=True)
+        user.mkdir(parents=True, exist_ok=True)
+        conf_path = home / "conf" / "rmq-proxy.json"
+        conf_path.write_text(json.dumps(self.config(), indent=2) + "\n")
+        argv = [_require_tool("java"), "-Xms256m", "-Xmx512m", "-XX:MaxDirectMemorySize=256m", "-XX:+UseG1GC",
+                f"-Duser.home={user}", f"-Drocketmq.home.dir={home}", "-XX:-OmitStackTraceInFastThrow",
+                SHADED_LOGBACK_QUIET, "-cp", f"{lib}/*", "org.apache.rocketmq.proxy.ProxyStartup",
+                "-pc", str(conf_path), "-pm", "cluster"]
+        env = dict(os.environ, ROCKETMQ_HOME=str(home), RMQ_PROXY_HOME=str(home))
+        for k in ("NAMESRV_ADDR", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS"):
+            env.pop(k, None)
+        self.proc = ManagedProcess(self.name, argv, cwd=self.workdir, log_path=self.workdir / "proxy.out",
+                                   env=env).start()
+        if self not in LOG_SOURCES:
+            LOG_SOURCES.append(self)
+        log(f"{self.name}: RocketMQ Proxy {self.version} pid {self.proc.pid} on {self.addr} (gRPC :{self.grpc_port})")
+        wait_until(lambda: "rocketmq-proxy startup successfully" in tail(self.proc.log_path, 200), timeout,
+                   f"{self.name} start-up banner", 0.25, self.proc.exited_reason)
+        wait_until(lambda: _can_connect("127.0.0.1", self.remoting_port), 30,
+                   f"{self.name} remoting port {self.remoting_port}", 0.25, self.proc.exited_reason)
+        self.started_in = time.monotonic() - t0
+        log(f"{self.name}: up in {self.started_in:.1f}s")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout)
+            log(f"{self.name}: stopped")
+
+    def alive(self) -> bool:
+        return bool(self.proc and self.proc.alive())
+
+    def log_files(self) -> list[Path]:
+        files = [self.workdir / "proxy.out"]
+        logs = self.workdir / "user" / "logs" / "rocketmqlogs"
+        for n in ("proxy.log", "remoting.log"):
+            if (logs / n).exists():
+                files.append(logs / n)
+        return files
+
+    def dump_logs(self, lines: int = 40, echo: bool = True) -> str:
+        parts = [f"===== {self!r} pid={self.proc.pid if self.proc else None} ====="]
+        for f in self.log_files():
+            parts.append(f"----- {f} (last {lines} lines) -----\n{tail(f, lines)}")
+        text = "\n".join(parts)
+        if echo:
+            print(text, flush=True)
+        return text
+
+
+def _can_connect(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def start_clusters(*clusters: Cluster, timeout: float = 150.0) -> None:
@@ -1087,12 +1434,15 @@ class SmokeResult:
 
 def run_smoke(namesrv: str, topic: str, group: str, count: int, workdir: Path, *,
               client_version: str = OLD_CLIENT_VERSION, timeout_s: int = 60,
-              timers: ClientTimers = FAST_TIMERS, name: str | None = None) -> SmokeResult:
-    """Produce ``count`` messages and consume them back in one pod JVM (mode ``smoke``)."""
+              timers: ClientTimers = FAST_TIMERS, name: str | None = None,
+              extra_args: Sequence[str] = ()) -> SmokeResult:
+    """Produce ``count`` messages and consume them back in one pod JVM (mode ``smoke``).
+
+    ``extra_args`` go to the pod (e.g. ``ClusterAuth.pod_args()`` to let the app sign itself)."""
     name = name or f"smoke-{client_version.replace('.', '')}-{random.randrange(1 << 30):x}"
     pod = Pod(name, "smoke", namesrv=namesrv, topic=topic, group=group, workdir=workdir,
               client_version=client_version, timers=timers, count=count,
-              extra_args=["--timeout-s", str(timeout_s)])
+              extra_args=["--timeout-s", str(timeout_s), *extra_args])
     pod.start()
     rc = pod.wait_exit(timeout_s + 60)
     if rc is None:
@@ -1138,8 +1488,11 @@ class Sidecar:
     def __init__(self, name: str, *, old_namesrv: str, new_namesrv: str, workdir: Path,
                  target: str = "old", binary: Path | None = None, drain_seconds: int = 5,
                  log_filter: str = "info,rocketmq_sidecar=debug", broker_name_prefix: str = "new~",
-                 extra_toml: str = "", env: dict | None = None):
+                 extra_toml: str = "", env: dict | None = None, cluster_toml: dict | None = None):
+        """``cluster_toml``: extra keys for ``[clusters.old]`` / ``[clusters.new]``, e.g.
+        ``{"new": {"access_key": "AK", "secret_key_file": "/path"}}`` (values: str/int/bool)."""
         self.name = name
+        self.cluster_toml = {k: dict(v) for k, v in (cluster_toml or {}).items()}
         self.old_namesrv = old_namesrv
         self.new_namesrv = new_namesrv
         self.workdir = Path(workdir) / f"sidecar-{name}"
@@ -1193,13 +1546,26 @@ class Sidecar:
             "",
             "[clusters.old]",
             f"namesrv = {_toml_str(self.old_namesrv)}",
+            *self._cluster_lines("old"),
             "",
             "[clusters.new]",
             f"namesrv = {_toml_str(self.new_namesrv)}",
             f"broker_name_prefix = {_toml_str(self.broker_name_prefix)}",
+            *self._cluster_lines("new"),
             "",
             self.extra_toml,
         ])
+
+    def _cluster_lines(self, side: str) -> list[str]:
+        out = []
+        for k, v in self.cluster_toml.get(side, {}).items():
+            if isinstance(v, bool):
+                out.append(f"{k} = {'true' if v else 'false'}")
+            elif isinstance(v, int):
+                out.append(f"{k} = {v}")
+            else:
+                out.append(f"{k} = {_toml_str(v)}")
+        return out
 
     def start(self, ready_timeout: float = 30.0) -> "Sidecar":
         if self.binary is None or not Path(self.binary).exists():
@@ -1428,7 +1794,8 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
                   timers: ClientTimers = FAST_TIMERS, client_version: str = OLD_CLIENT_VERSION,
                   rate: float = 50, bounds: MigrationBounds | None = None,
                   say: Callable[[str], None] = log, broker_name_prefix: str = "new~",
-                  sidecar_binary: Path | None = None) -> MigrationReport:
+                  sidecar_binary: Path | None = None, sidecar_options: dict | None = None,
+                  new_namesrv: str | None = None) -> MigrationReport:
     """Move two consumer pods and one producer pod from ``old`` to ``new`` through sidecars.
 
     Order (the safe one): topic+group exist on both clusters; C1 moves first, then the producer,
@@ -1436,6 +1803,10 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
     caller decides what to assert. If a step fails or a bounded wait runs out, the failure is
     recorded in ``report.error`` and the accounting is still computed from what the pods wrote.
     All processes started here are stopped before returning.
+
+    ``sidecar_options``: extra ``Sidecar`` keyword arguments for every sidecar (credentials via
+    ``cluster_toml`` / ``env``). ``new_namesrv``: what the sidecars use as the new cluster's name
+    server (default ``new.namesrv_addr``; e.g. a RocketMQ Proxy's remoting address).
     """
     bounds = bounds or MigrationBounds.for_timers(timers)
     workdir = Path(workdir)
@@ -1458,9 +1829,10 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
     retire_s = 45 if timers.heartbeat_s >= 30 else max(3, math.ceil(3 * timers.heartbeat_s))
 
     def sidecar(n: str) -> Sidecar:
-        sc = Sidecar(n, old_namesrv=old.namesrv_addr, new_namesrv=new.namesrv_addr, workdir=workdir,
-                     target="old", binary=sidecar_binary, broker_name_prefix=broker_name_prefix,
-                     extra_toml=f"[upstream]\nretire_idle_seconds = {retire_s}\n")
+        sc = Sidecar(n, old_namesrv=old.namesrv_addr, new_namesrv=new_namesrv or new.namesrv_addr,
+                     workdir=workdir, target="old", binary=sidecar_binary,
+                     broker_name_prefix=broker_name_prefix,
+                     extra_toml=f"[upstream]\nretire_idle_seconds = {retire_s}\n", **(sidecar_options or {}))
         sidecars.append(sc)
         return sc.start()
 

@@ -23,9 +23,12 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 
+import org.apache.rocketmq.acl.common.AclClientRPCHook;
+import org.apache.rocketmq.acl.common.SessionCredentials;
 import org.apache.rocketmq.client.ClientConfig;
 import org.apache.rocketmq.client.QueryResult;
 import org.apache.rocketmq.client.consumer.DefaultMQPushConsumer;
+import org.apache.rocketmq.client.consumer.rebalance.AllocateMessageQueueAveragely;
 import org.apache.rocketmq.client.consumer.listener.ConsumeConcurrentlyContext;
 import org.apache.rocketmq.client.consumer.listener.ConsumeConcurrentlyStatus;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerConcurrently;
@@ -35,6 +38,7 @@ import org.apache.rocketmq.client.producer.SendStatus;
 import org.apache.rocketmq.common.consumer.ConsumeFromWhere;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
+import org.apache.rocketmq.remoting.RPCHook;
 
 /**
  * A simulated application pod for the rocketmq-sidecar interop tests.
@@ -66,7 +70,9 @@ import org.apache.rocketmq.common.message.MessageExt;
  * <p>Common options: {@code --pod NAME} (also the client instanceName), {@code --poll-ns-ms},
  * {@code --heartbeat-ms}, {@code --persist-offset-ms}, {@code --rebalance-ms} (system property
  * {@code rocketmq.client.rebalance.waitInterval}, set before any client class loads),
- * {@code --stop-file FILE} (default {@code <out>.stop}). Unset timers keep the RocketMQ defaults.
+ * {@code --stop-file FILE} (default {@code <out>.stop}), {@code --ak AK --sk SK [--token T]} (the app
+ * signs every request itself with the official {@code AclClientRPCHook}; without them it sends no
+ * credentials). Unset timers keep the RocketMQ defaults.
  * The pod stops cleanly (calling {@code shutdown()}) on SIGTERM or when the stop file appears.
  */
 public final class Pod {
@@ -161,10 +167,13 @@ public final class Pod {
         int rounds = Integer.parseInt(opts.getOrDefault("rounds", "10"));
         int perRound = Integer.parseInt(opts.getOrDefault("per-round", "200"));
         int warmup = Integer.parseInt(opts.getOrDefault("warmup", "300"));
-        DefaultMQProducer direct = new DefaultMQProducer(group + "_direct");
+        RPCHook hook = aclHook();
+        DefaultMQProducer direct = hook == null ? new DefaultMQProducer(group + "_direct")
+                : new DefaultMQProducer(group + "_direct", hook);
         direct.setNamesrvAddr(need("direct-namesrv"));
         direct.setInstanceName(pod + "-direct");
-        DefaultMQProducer relayed = new DefaultMQProducer(group + "_sidecar");
+        DefaultMQProducer relayed = hook == null ? new DefaultMQProducer(group + "_sidecar")
+                : new DefaultMQProducer(group + "_sidecar", hook);
         relayed.setNamesrvAddr(need("sidecar-namesrv"));
         relayed.setInstanceName(pod + "-sidecar");
         direct.start();
@@ -319,7 +328,9 @@ public final class Pod {
     }
 
     private DefaultMQPushConsumer newConsumer(String group, String topic, Receiver receiver) throws Exception {
-        DefaultMQPushConsumer consumer = new DefaultMQPushConsumer(group);
+        RPCHook hook = aclHook();
+        DefaultMQPushConsumer consumer = hook == null ? new DefaultMQPushConsumer(group)
+                : new DefaultMQPushConsumer(group, hook, new AllocateMessageQueueAveragely());
         applyClientConfig(consumer);
         String from = opts.getOrDefault("consume-from", "last");
         if (from.equals("first")) {
@@ -510,9 +521,24 @@ public final class Pod {
     // ------------------------------------------------------------------ helpers
 
     private DefaultMQProducer newProducer(String group) {
-        DefaultMQProducer producer = new DefaultMQProducer(group);
+        RPCHook hook = aclHook();
+        DefaultMQProducer producer = hook == null ? new DefaultMQProducer(group) : new DefaultMQProducer(group, hook);
         applyClientConfig(producer);
         return producer;
+    }
+
+    /** The official ACL signing hook when {@code --ak/--sk} are given (the app signs itself), else null. */
+    private RPCHook aclHook() {
+        String ak = opts.get("ak");
+        String sk = opts.get("sk");
+        if (ak == null && sk == null) {
+            return null;
+        }
+        if (ak == null || sk == null) {
+            usage("--ak and --sk go together");
+        }
+        String token = opts.get("token");
+        return new AclClientRPCHook(token == null ? new SessionCredentials(ak, sk) : new SessionCredentials(ak, sk, token));
     }
 
     /** Name server from --namesrv, instanceName = pod name, optional shortened timers. */
@@ -573,7 +599,8 @@ public final class Pod {
         ERR.println("usage: Pod producer|consumer|smoke|query-keys|latency --namesrv ADDR --topic T [--group G]"
                 + " [--out FILE] [--pod NAME] [--rate N] [--count N|--forever] [--send-timeout-ms MS]"
                 + " [--poll-ns-ms MS] [--heartbeat-ms MS] [--persist-offset-ms MS] [--rebalance-ms MS]"
-                + " [--consume-from last|first] [--timeout-s S] [--keys k1,k2|--keys-file F]");
+                + " [--consume-from last|first] [--timeout-s S] [--keys k1,k2|--keys-file F]"
+                + " [--ak AK --sk SK [--token T]]");
         System.exit(64);
     }
 
@@ -589,7 +616,17 @@ public final class Pod {
         pause(Math.max(1L, nanos / 1_000_000L));
     }
 
+    /** First line of {@code t}, plus the first line of its root cause (e.g. the broker's code and remark). */
     private static String oneLine(Throwable t) {
+        String s = firstLine(t);
+        Throwable root = t;
+        while (root.getCause() != null && root.getCause() != root) {
+            root = root.getCause();
+        }
+        return root == t ? s : s + " | cause: " + firstLine(root);
+    }
+
+    private static String firstLine(Throwable t) {
         String s = String.valueOf(t);
         int nl = s.indexOf('\n');
         return nl < 0 ? s : s.substring(0, nl);
