@@ -20,7 +20,38 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(ns: SocketAddr, drain: u64) -> (Child, SocketAddr, SocketAddr) {
+/// A sidecar process, killed when the test ends early (a failed assertion included).
+struct Guarded(Option<Child>);
+
+impl std::ops::Deref for Guarded {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Guarded {
+    fn output(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+fn spawn(ns: SocketAddr, drain: u64) -> (Guarded, SocketAddr, SocketAddr) {
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let child = Command::new(BIN)
         .env("RMQ_SIDECAR_OLD_NAMESRV", ns.to_string())
@@ -32,6 +63,7 @@ fn spawn(ns: SocketAddr, drain: u64) -> (Child, SocketAddr, SocketAddr) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(|c| Guarded(Some(c)))
         .unwrap();
     (
         child,
@@ -179,6 +211,7 @@ async fn secrets_never_reach_the_logs() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(|c| Guarded(Some(c)))
         .unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
     assert_eventually!(http_ok(admin, "/live").await, 10, "sidecar up");
@@ -207,7 +240,7 @@ async fn secrets_never_reach_the_logs() {
     let out = tokio::task::spawn_blocking(move || {
         let _ = wait_exit(&mut child, Duration::from_secs(10));
         let _ = child.kill();
-        child.wait_with_output().unwrap()
+        child.output()
     })
     .await
     .unwrap();
@@ -237,6 +270,7 @@ async fn log_level_changes_at_runtime_and_shutdown_endpoint_when_enabled() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(|c| Guarded(Some(c)))
         .unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
     assert_eventually!(http_ok(admin, "/live").await, 10, "sidecar up");
