@@ -129,8 +129,9 @@ impl NameServerRole {
             }
             let read = tokio::select! {
                 r = rd.read_buf(&mut buf) => r,
-                // Draining: stop reading; answers already being worked on still go out.
-                _ = self.ctx.drain_requested() => Ok(0),
+                // Draining: stop reading (a partly read request is dropped, not a bad
+                // frame); answers already being worked on still go out.
+                _ = self.ctx.drain_requested() => break 'conn None,
             };
             match read {
                 Ok(0) if buf.is_empty() => break None,
