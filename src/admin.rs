@@ -43,6 +43,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::annotation::AnnotationWatch;
 use crate::config::{Config, Target};
 use crate::health::Health;
 use crate::logging::LogControl;
@@ -82,6 +83,8 @@ pub struct AdminState {
     pub log: Arc<LogControl>,
     /// Set to true by `POST /shutdown` (when enabled).
     pub shutdown: watch::Sender<bool>,
+    /// The followed pod annotation, if configured; while valid it owns the route.
+    pub annotation: Option<Arc<AnnotationWatch>>,
 }
 
 #[derive(Deserialize)]
@@ -288,6 +291,24 @@ async fn put_route(
         let msg = format!("unknown target '{}'; use \"old\" or \"new\"", update.target);
         return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
     };
+    if let Some(held) = state
+        .annotation
+        .as_ref()
+        .and_then(|a| a.controlling_target())
+    {
+        if held != target {
+            let key = state
+                .annotation
+                .as_ref()
+                .map(|a| a.status().key)
+                .unwrap_or_default();
+            let msg = format!(
+                "the pod annotation {key}=\"{held}\" controls this pod's route; change it with kubectl annotate (or remove it to switch here)"
+            );
+            tracing::info!(%peer, %target, %held, "route switch refused: the pod annotation holds the route");
+            return (error(StatusCode::CONFLICT, &msg), "refused");
+        }
+    }
     match state.route.switch(target) {
         Ok((now, changed)) => {
             state
@@ -518,6 +539,11 @@ pub fn route_json(state: &AdminState) -> serde_json::Value {
         "client_connections": state.ctx.conns.count(),
         "clusters": { "old": cluster(Target::Old), "new": cluster(Target::New) },
         "credentials": credentials_json(state),
+        "controlled_by": match state.annotation.as_ref().and_then(|a| a.controlling_target()) {
+            Some(_) => "annotation",
+            None => "admin",
+        },
+        "annotation": state.annotation.as_ref().map(|a| a.status()),
     })
 }
 

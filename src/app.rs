@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::acl::credentials::ReloadOutcome;
 use crate::admin::{self, AdminState, Port};
+use crate::annotation::AnnotationWatch;
 use crate::config::Config;
 use crate::health::Health;
 use crate::logging::LogControl;
@@ -150,6 +151,15 @@ impl App {
             route: route.clone(),
             health: health.clone(),
         });
+        // The pod annotation (if followed) is applied before anything reports ready.
+        let annotation = config.annotations_file.as_ref().map(|file| {
+            let watch = Arc::new(AnnotationWatch::new(
+                file.clone(),
+                config.route_annotation.clone(),
+            ));
+            watch.poll_once(&route, &ctx.metrics);
+            watch
+        });
         let admin_state = Arc::new(AdminState {
             config: config.clone(),
             route: route.clone(),
@@ -159,8 +169,13 @@ impl App {
             token_file: config.admin_token_file.clone(),
             log,
             shutdown: shutdown_tx,
+            annotation: annotation.clone(),
         });
-        let tasks = vec![
+        let mut tasks = vec![];
+        if let Some(watch) = annotation {
+            tasks.push(tokio::spawn(watch.run(route.clone(), ctx.metrics.clone())));
+        }
+        tasks.extend([
             tokio::spawn(role.serve(ns_listener)),
             tokio::spawn(admin::serve(
                 admin_state.clone(),
@@ -174,7 +189,7 @@ impl App {
                 health.clone(),
             )),
             tokio::spawn(watch_credentials(ctx.clone(), config.namesrv_timeout)),
-        ];
+        ]);
         tracing::info!(
             namesrv = %namesrv_addr,
             admin = %admin_addr,

@@ -11,6 +11,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod annotation;
 pub mod app;
 pub mod config;
 pub mod health;

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub switch_requests: IntCounterVec,
     /// Admin mutations, by `endpoint` and `outcome`.
     pub admin_mutations: IntCounterVec,
+    /// Changes of the pod route annotation, by `outcome` (applied|invalid|failed).
+    pub annotation_updates: IntCounterVec,
     /// Requests signed, by `target`.
     pub signed_requests: IntCounterVec,
     /// Signed requests the cluster refused, by `target` and `outcome`.
@@ -186,6 +188,11 @@ impl Metrics {
                 "Route switch requests",
                 &["outcome"],
             )?,
+            annotation_updates: counter(
+                "annotation_updates_total",
+                "Changes of the pod route annotation",
+                &["outcome"],
+            )?,
             admin_mutations: counter(
                 "admin_mutations_total",
                 "Admin mutations",
@@ -239,6 +246,7 @@ impl Metrics {
             &self.route_answers,
             &self.switch_requests,
             &self.admin_mutations,
+            &self.annotation_updates,
             &self.signed_requests,
             &self.signature_refusals,
             &self.credential_reloads,

@@ -31,6 +31,8 @@ pub const BROKER_BIND: &str = "RMQ_SIDECAR_BROKER_BIND";
 pub const STATE_DIR: &str = "RMQ_SIDECAR_STATE_DIR";
 /// Admin token file.
 pub const ADMIN_TOKEN_FILE: &str = "RMQ_SIDECAR_ADMIN_TOKEN_FILE";
+/// Downward API annotations file.
+pub const ANNOTATIONS_FILE: &str = "RMQ_SIDECAR_ANNOTATIONS_FILE";
 /// Enables `POST /shutdown` ("true"/"false").
 pub const ENABLE_SHUTDOWN: &str = "RMQ_SIDECAR_ENABLE_SHUTDOWN";
 /// Drain seconds after SIGTERM.

@@ -19,6 +19,10 @@ pub struct ConfigFile {
     pub log: Option<String>,
     /// Log format: "text" or "json".
     pub log_format: Option<String>,
+    /// Downward API file with the pod's annotations (the route annotation is followed).
+    pub annotations_file: Option<String>,
+    /// The annotation key that holds the pod's route.
+    pub route_annotation: Option<String>,
     /// Listen addresses.
     pub listen: ListenFile,
     /// Admin server settings.

@@ -140,6 +140,10 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     /// Whether `POST /shutdown` may stop the sidecar.
     pub enable_shutdown: bool,
+    /// Downward API annotations file to follow (`None` = switching by admin only).
+    pub annotations_file: Option<PathBuf>,
+    /// Annotation key holding the route.
+    pub route_annotation: String,
     /// Connect timeout to upstreams.
     pub connect_timeout: Duration,
     /// Per-name-server answer timeout.
@@ -366,6 +370,21 @@ impl Config {
                 })
             }
         };
+        let (annotations_s, _) = pick(env::ANNOTATIONS_FILE, file.annotations_file);
+        let annotations_file = annotations_s
+            .filter(|s| !s.trim().is_empty())
+            .map(PathBuf::from);
+        let route_annotation = file
+            .route_annotation
+            .map(|k| k.trim().to_owned())
+            .unwrap_or_else(|| crate::annotation::DEFAULT_KEY.to_owned());
+        if route_annotation.is_empty() || route_annotation.contains(['=', '"', '\n']) {
+            return Err(ConfigError::Invalid {
+                key: "route_annotation",
+                message: format!("'{route_annotation}' is not an annotation key"),
+                env: None,
+            });
+        }
         let (token_s, _) = pick(env::ADMIN_TOKEN_FILE, file.admin.token_file);
         let admin_token_file = token_s.filter(|s| !s.trim().is_empty()).map(PathBuf::from);
 
@@ -452,6 +471,8 @@ impl Config {
             broker_fallback_ports,
             admin_token_file,
             enable_shutdown,
+            annotations_file,
+            route_annotation,
             connect_timeout,
             namesrv_timeout,
             retire_idle,
