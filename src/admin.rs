@@ -271,18 +271,10 @@ async fn put_route(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> (Response<Full<Bytes>>, &'static str) {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let msg = format!("cannot read the body: {e}");
-            return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
-        }
-    };
-    let update: RouteUpdate = match json_object(&body) {
+    let update: RouteUpdate = match read_json(req, r#"{"target":"new"}"#).await {
         Ok(u) => u,
-        Err(e) => {
-            tracing::info!(%peer, reason = %e, "route switch refused: invalid body");
-            let msg = format!("body must be JSON like {{\"target\":\"new\"}}: {e}");
+        Err(msg) => {
+            tracing::info!(%peer, reason = %msg, "route switch refused: invalid body");
             return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
         }
     };
@@ -380,6 +372,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Reads a bounded request body that must be a JSON object like `example`; the error
+/// says what to send.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    example: &str,
+) -> Result<T, String> {
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the body: {e}"))?
+        .to_bytes();
+    json_object(&body).map_err(|e| format!("body must be JSON like {example}: {e}"))
+}
+
 /// Decodes a request body that must be a JSON object (serde would also accept an array
 /// for a struct, positionally).
 fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
@@ -406,22 +412,11 @@ async fn put_log_level(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> (Response<Full<Bytes>>, &'static str) {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let msg = format!("cannot read the body: {e}");
-            return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
-        }
-    };
-    let update: LogLevelUpdate = match json_object(&body) {
-        Ok(u) => u,
-        Err(e) => {
-            let msg = format!(
-                "body must be JSON like {{\"filter\":\"info,rocketmq_sidecar=debug\"}}: {e}"
-            );
-            return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
-        }
-    };
+    let update: LogLevelUpdate =
+        match read_json(req, r#"{"filter":"info,rocketmq_sidecar=debug"}"#).await {
+            Ok(u) => u,
+            Err(msg) => return (error(StatusCode::BAD_REQUEST, &msg), "invalid"),
+        };
     if update.filter.trim().is_empty() {
         let msg =
             "filter is empty; give a directive such as \"info\" or \"info,rocketmq_sidecar=debug\"";
