@@ -184,10 +184,8 @@ impl NameServerRole {
             .with_label_values(&[t, "namesrv", request_name(code)])
             .inc();
         let started = std::time::Instant::now();
-        let answer = self.handle(target, header, frame).await?;
-        let response_code = RawFrame::parse(answer.clone(), usize::MAX)
-            .map(|f| f.code())
-            .unwrap_or(-1);
+        let (reply, body) = self.handle(target, header, frame).await?;
+        let response_code = reply.code;
         m.responses
             .with_label_values(&[
                 t,
@@ -202,11 +200,16 @@ impl NameServerRole {
         if code == request::GET_ROUTEINFO_BY_TOPIC && response_code == response::SUCCESS {
             m.route_answers.with_label_values(&[t]).inc();
         }
-        Some(answer)
+        Some(reply.encode_frame(&body))
     }
 
-    /// Answers one request; `None` for oneway requests.
-    async fn handle(&self, target: Target, header: Header, frame: RawFrame) -> Option<Bytes> {
+    /// Answers one request (header and body of the reply); `None` for oneway requests.
+    async fn handle(
+        &self,
+        target: Target,
+        header: Header,
+        frame: RawFrame,
+    ) -> Option<(Header, Bytes)> {
         let cluster = self.ctx.cluster(target).clone();
         let body = frame.body();
         let answer = match cluster.namesrv.call(&header, &body).await {
@@ -224,7 +227,7 @@ impl NameServerRole {
                     response::SYSTEM_ERROR,
                     Some(format!("rmq-sidecar: {message}")),
                 );
-                return Some(reply.encode_frame(&[]));
+                return Some((reply, Bytes::new()));
             }
         };
         self.health.answered(target, &answer.addr, header.code);
@@ -243,7 +246,7 @@ impl NameServerRole {
                         answer.addr
                     )),
                 );
-                return Some(reply.encode_frame(&[]));
+                return Some((reply, Bytes::new()));
             }
         };
         reply.opaque = header.opaque;
@@ -254,13 +257,13 @@ impl NameServerRole {
                 | request::GET_SYSTEM_TOPIC_LIST_FROM_NS
         );
         if !rewritable || reply.code != response::SUCCESS || upstream.body().is_empty() {
-            return Some(reply.encode_frame(&upstream.body()));
+            return Some((reply, upstream.body()));
         }
         match self
             .rewrite_body(target, &cluster, header.code, &upstream.body())
             .await
         {
-            Ok(body) => Some(reply.encode_frame(&body)),
+            Ok(body) => Some((reply, Bytes::from(body))),
             Err(message) => {
                 tracing::warn!(%target, code = header.code, error = %message, "cannot rewrite name-server answer; the app keeps its previous route");
                 let reply = Header::response_to(
@@ -268,7 +271,7 @@ impl NameServerRole {
                     response::SYSTEM_ERROR,
                     Some(format!("rmq-sidecar: {message}")),
                 );
-                Some(reply.encode_frame(&[]))
+                Some((reply, Bytes::new()))
             }
         }
     }

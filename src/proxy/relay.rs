@@ -22,6 +22,7 @@ use crate::config::Target;
 use crate::metrics::{code_group, response_code_label, Metrics};
 use crate::protocol::code::request_name;
 use crate::protocol::{FrameDecoder, FrameError, HeaderError, RawFrame};
+use prometheus::IntCounter;
 
 /// How one direction of a relay ended.
 #[derive(Debug, thiserror::Error)]
@@ -182,14 +183,24 @@ struct Activity {
     in_flight: Mutex<HashMap<i32, (i32, Instant)>>,
     metrics: Metrics,
     target: Target,
+    // Resolved once per connection: these are touched by every frame.
+    bytes_to_upstream: IntCounter,
+    bytes_to_client: IntCounter,
 }
 
 impl Activity {
     fn new(metrics: Metrics, target: Target) -> Self {
+        let bytes = |direction| {
+            metrics
+                .bytes
+                .with_label_values(&[target.as_str(), direction])
+        };
         Self {
             start: Instant::now(),
             last_client_ms: AtomicU64::new(0),
             in_flight: Mutex::new(HashMap::new()),
+            bytes_to_upstream: bytes("to_upstream"),
+            bytes_to_client: bytes("to_client"),
             metrics,
             target,
         }
@@ -203,10 +214,7 @@ impl Activity {
         let t = self.target.as_str();
         self.last_client_ms
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        self.metrics
-            .bytes
-            .with_label_values(&[t, "to_upstream"])
-            .inc_by(f.len() as u64);
+        self.bytes_to_upstream.inc_by(f.len() as u64);
         if f.is_response() {
             return;
         }
@@ -225,10 +233,7 @@ impl Activity {
 
     fn broker_frame(&self, f: &RawFrame) {
         let t = self.target.as_str();
-        self.metrics
-            .bytes
-            .with_label_values(&[t, "to_client"])
-            .inc_by(f.len() as u64);
+        self.bytes_to_client.inc_by(f.len() as u64);
         if !f.is_response() {
             self.metrics
                 .broker_requests

@@ -2,7 +2,7 @@
 //! of its servers, what its servers said about our signatures, and the last credential
 //! check. Requests to a cluster without credentials are never touched.
 
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -55,8 +55,6 @@ pub struct Signer {
     store: CredentialStore,
     setting: UniqueKeyRuleSetting,
     server_version: AtomicI32,
-    rejections: AtomicU64,
-    signed: AtomicU64,
     last_check: Mutex<Option<CheckReport>>,
     metrics: Metrics,
 }
@@ -110,8 +108,6 @@ impl Signer {
             store,
             setting,
             server_version: AtomicI32::new(0),
-            rejections: AtomicU64::new(0),
-            signed: AtomicU64::new(0),
             last_check: Mutex::new(None),
         }
     }
@@ -158,7 +154,6 @@ impl Signer {
         match self.store.get() {
             Some(creds) => {
                 sign_request(header, body, &creds, self.rule());
-                self.signed.fetch_add(1, Ordering::Relaxed);
                 self.metrics
                     .signed_requests
                     .with_label_values(&[self.target.as_str()])
@@ -173,7 +168,6 @@ impl Signer {
     /// refusals. The remark is logged only with both key values scrubbed out.
     pub fn note_answer(&self, code: i32, remark: Option<&str>) {
         if let Some(outcome) = classify_refusal(code, remark.unwrap_or("")) {
-            let n = self.rejections.fetch_add(1, Ordering::Relaxed) + 1;
             self.metrics
                 .signature_refusals
                 .with_label_values(&[self.target.as_str(), outcome.as_str()])
@@ -183,20 +177,31 @@ impl Signer {
                 code,
                 ?outcome,
                 remark = %self.scrub(remark.unwrap_or("")),
-                refusals = n,
+                refusals = self.rejections(),
                 "the cluster refused a signed request"
             );
         }
     }
 
-    /// Refusals seen so far.
+    /// Refusals seen so far (read from the metric, the one place they are counted).
     pub fn rejections(&self) -> u64 {
-        self.rejections.load(Ordering::Relaxed)
+        crate::metrics::CHECK_OUTCOMES
+            .iter()
+            .map(|o| {
+                self.metrics
+                    .signature_refusals
+                    .with_label_values(&[self.target.as_str(), o])
+                    .get()
+            })
+            .sum()
     }
 
-    /// Requests signed so far.
+    /// Requests signed so far (read from the metric).
     pub fn signed(&self) -> u64 {
-        self.signed.load(Ordering::Relaxed)
+        self.metrics
+            .signed_requests
+            .with_label_values(&[self.target.as_str()])
+            .get()
     }
 
     /// `text` with the configured AccessKey and SecretKey values replaced.
