@@ -85,14 +85,6 @@ async fn pipelined_mb_per_s(addr: SocketAddr, frames: usize, body: usize) -> f64
     (frames * body) as f64 / t.elapsed().as_secs_f64() / 1e6
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs this bench binary again as a separate echo-broker process; returns its address.
 fn spawn_echo_process() -> (std::process::Child, SocketAddr) {
     use std::io::BufRead;
@@ -133,7 +125,7 @@ async fn run(broker: SocketAddr) {
         fakes::fastjson_route("broker-a", broker),
     )]))
     .await;
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let (p1, p2, p3) = (fakes::free_port(), fakes::free_port(), fakes::free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_rmq-sidecar"))
         .env("RMQ_SIDECAR_OLD_NAMESRV", ns.addr.to_string())
         .env("RMQ_SIDECAR_LISTEN", format!("127.0.0.1:{p1}"))

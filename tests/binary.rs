@@ -12,14 +12,6 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rmq-sidecar");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A sidecar process, killed when the test ends early (a failed assertion included).
 struct Guarded(Option<Child>);
 
@@ -51,25 +43,53 @@ impl Guarded {
     }
 }
 
-fn spawn(ns: SocketAddr, drain: u64) -> (Guarded, SocketAddr, SocketAddr) {
+/// Where a spawned sidecar listens.
+struct Ports {
+    namesrv: SocketAddr,
+    admin: SocketAddr,
+    health: SocketAddr,
+}
+
+/// Starts the binary on free loopback ports with `env` on top; stdout/stderr are piped
+/// when `capture`, else discarded.
+fn spawn_with(bind: &str, env: &[(&str, String)], capture: bool) -> (Guarded, Ports) {
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let child = Command::new(BIN)
-        .env("RMQ_SIDECAR_OLD_NAMESRV", ns.to_string())
-        .env("RMQ_SIDECAR_LISTEN", format!("127.0.0.1:{p1}"))
+    let output = || {
+        if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    let mut cmd = Command::new(BIN);
+    cmd.env("RMQ_SIDECAR_LISTEN", format!("127.0.0.1:{p1}"))
         .env("RMQ_SIDECAR_ADMIN", format!("127.0.0.1:{p2}"))
         .env("RMQ_SIDECAR_METRICS", format!("127.0.0.1:{p3}"))
-        .env("RMQ_SIDECAR_BROKER_BIND", "127.81.0.0/16")
-        .env("RMQ_SIDECAR_DRAIN_SECONDS", drain.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(|c| Guarded(Some(c)))
-        .unwrap();
+        .env("RMQ_SIDECAR_BROKER_BIND", bind)
+        .stdout(output())
+        .stderr(output());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().map(|c| Guarded(Some(c))).unwrap();
+    let addr = |p: u16| format!("127.0.0.1:{p}").parse().unwrap();
     (
         child,
-        format!("127.0.0.1:{p1}").parse().unwrap(),
-        format!("127.0.0.1:{p3}").parse().unwrap(),
+        Ports {
+            namesrv: addr(p1),
+            admin: addr(p2),
+            health: addr(p3),
+        },
     )
+}
+
+fn spawn(ns: SocketAddr, drain: u64) -> (Guarded, SocketAddr, SocketAddr) {
+    let env = [
+        ("RMQ_SIDECAR_OLD_NAMESRV", ns.to_string()),
+        ("RMQ_SIDECAR_DRAIN_SECONDS", drain.to_string()),
+    ];
+    let (child, ports) = spawn_with("127.81.0.0/16", &env, false);
+    (child, ports.namesrv, ports.health)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -195,33 +215,24 @@ async fn secrets_never_reach_the_logs() {
         fastjson_route("broker-a", broker.addr),
     )]))
     .await;
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(BIN)
-        .env("RMQ_SIDECAR_OLD_NAMESRV", ns.addr.to_string())
-        .env("RMQ_SIDECAR_NEW_NAMESRV", ns.addr.to_string())
-        .env("RMQ_SIDECAR_TARGET", "new")
-        .env("RMQ_SIDECAR_NEW_ACCESS_KEY", SECRET)
-        .env("RMQ_SIDECAR_NEW_SECRET_KEY", AK)
-        .env("RMQ_SIDECAR_LISTEN", format!("127.0.0.1:{p1}"))
-        .env("RMQ_SIDECAR_ADMIN", format!("127.0.0.1:{p2}"))
-        .env("RMQ_SIDECAR_METRICS", format!("127.0.0.1:{p3}"))
-        .env("RMQ_SIDECAR_BROKER_BIND", "127.87.0.0/16")
-        .env("RMQ_SIDECAR_LOG", "trace")
-        .env("RMQ_SIDECAR_DRAIN_SECONDS", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(|c| Guarded(Some(c)))
-        .unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
+    let env = [
+        ("RMQ_SIDECAR_OLD_NAMESRV", ns.addr.to_string()),
+        ("RMQ_SIDECAR_NEW_NAMESRV", ns.addr.to_string()),
+        ("RMQ_SIDECAR_TARGET", "new".to_owned()),
+        ("RMQ_SIDECAR_NEW_ACCESS_KEY", SECRET.to_owned()),
+        ("RMQ_SIDECAR_NEW_SECRET_KEY", AK.to_owned()),
+        ("RMQ_SIDECAR_LOG", "trace".to_owned()),
+        ("RMQ_SIDECAR_DRAIN_SECONDS", "0".to_owned()),
+    ];
+    let (mut child, ports) = spawn_with("127.87.0.0/16", &env, true);
+    let admin = ports.admin;
     assert_eventually!(http_ok(admin, "/live").await, 10, "sidecar up");
     let (_, check) = http(admin, "POST", "/credentials/check", None).await;
     assert!(
         check.contains("unknown_access_key") && check.contains("look swapped"),
         "{check}"
     );
-    let ns_listen: SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
-    let mut c = FrameClient::connect(ns_listen).await;
+    let mut c = FrameClient::connect(ports.namesrv).await;
     let (h, body) = c.call(&request(105, 1, &[("topic", "T")]), b"").await;
     assert_eq!(h.code, 0);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -258,21 +269,13 @@ async fn secrets_never_reach_the_logs() {
 #[tokio::test]
 async fn log_level_changes_at_runtime_and_shutdown_endpoint_when_enabled() {
     let ns = FakeNameServer::start(HashMap::new()).await;
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(BIN)
-        .env("RMQ_SIDECAR_OLD_NAMESRV", ns.addr.to_string())
-        .env("RMQ_SIDECAR_LISTEN", format!("127.0.0.1:{p1}"))
-        .env("RMQ_SIDECAR_ADMIN", format!("127.0.0.1:{p2}"))
-        .env("RMQ_SIDECAR_METRICS", format!("127.0.0.1:{p3}"))
-        .env("RMQ_SIDECAR_BROKER_BIND", "127.90.0.0/16")
-        .env("RMQ_SIDECAR_ENABLE_SHUTDOWN", "true")
-        .env("RMQ_SIDECAR_DRAIN_SECONDS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(|c| Guarded(Some(c)))
-        .unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
+    let env = [
+        ("RMQ_SIDECAR_OLD_NAMESRV", ns.addr.to_string()),
+        ("RMQ_SIDECAR_ENABLE_SHUTDOWN", "true".to_owned()),
+        ("RMQ_SIDECAR_DRAIN_SECONDS", "1".to_owned()),
+    ];
+    let (mut child, ports) = spawn_with("127.90.0.0/16", &env, false);
+    let admin = ports.admin;
     assert_eventually!(http_ok(admin, "/live").await, 10, "sidecar up");
     let (status, body) = http(
         admin,

@@ -118,7 +118,11 @@ fn bad_values_name_their_key() {
             vec![],
             "listen.broker_fallback_ports",
         ),
-        ("[listen]\nadmin = \"127.0.0.1:9876\"", vec![], "listen"),
+        (
+            "[listen]\nadmin = \"127.0.0.1:9876\"",
+            vec![],
+            "three different addresses",
+        ),
         (
             "[upstream]\nconnect_timeout_ms = 0",
             vec![],

@@ -53,17 +53,7 @@ async fn counters_follow_the_traffic_and_the_switch() {
     ))
     .await;
 
-    let route = |opaque| async move {
-        let mut c = FrameClient::connect(sidecar.namesrv_addr).await;
-        let (_, body) = c.call(&request(105, opaque, &[("topic", "T")]), b"").await;
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        v["brokerDatas"][0]["brokerAddrs"]["0"]
-            .as_str()
-            .unwrap()
-            .parse::<SocketAddr>()
-            .unwrap()
-    };
-    let old_local = route(1).await;
+    let old_local = local_master(sidecar.namesrv_addr, "T").await;
     let mut app = FrameClient::connect(old_local).await;
     for i in 0..5 {
         app.call(&request(310, 10 + i, &[("b", "T")]), b"0123456789")
@@ -130,7 +120,7 @@ async fn counters_follow_the_traffic_and_the_switch() {
         Some("{\"target\":\"nowhere\"}"),
     )
     .await;
-    let new_local = route(2).await;
+    let new_local = local_master(sidecar.namesrv_addr, "T").await;
     let mut app_new = FrameClient::connect(new_local).await;
     for i in 0..3 {
         app_new

@@ -34,18 +34,6 @@ fn config(
     )
 }
 
-async fn local_master(ns: SocketAddr, topic: &str) -> SocketAddr {
-    let mut c = FrameClient::connect(ns).await;
-    let (h, body) = c.call(&request(105, 1, &[("topic", topic)]), b"").await;
-    assert_eq!(h.code, 0, "{:?}", h.remark);
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    v["brokerDatas"][0]["brokerAddrs"]["0"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// A fake ACL broker serving topic T, a sidecar targeting new with the secret in
 /// `dir/secretKey`.
 async fn acl_setup(

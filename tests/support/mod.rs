@@ -410,6 +410,28 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>
     (status, body)
 }
 
+/// A free loopback port (released at once; a small race with other binders remains).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Asks the name server at `ns` for `topic`'s route and returns the master's address.
+pub async fn local_master(ns: SocketAddr, topic: &str) -> SocketAddr {
+    let mut c = FrameClient::connect(ns).await;
+    let (h, body) = c.call(&request(105, 1, &[("topic", topic)]), b"").await;
+    assert_eq!(h.code, 0, "{:?}", h.remark);
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("route JSON");
+    v["brokerDatas"][0]["brokerAddrs"]["0"]
+        .as_str()
+        .expect("master address")
+        .parse()
+        .expect("ip:port")
+}
+
 /// A fresh temporary directory.
 pub fn tempdir(tag: &str) -> std::path::PathBuf {
     let nanos = std::time::SystemTime::now()
