@@ -352,6 +352,17 @@ impl PumpEnd {
     }
 }
 
+/// Largest run of small frames gathered into one write.
+const BATCH_BYTES: usize = 16 * 1024;
+
+async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, batch: &mut BytesMut) -> std::io::Result<()> {
+    if !batch.is_empty() {
+        wr.write_all(batch).await?;
+        batch.clear();
+    }
+    Ok(())
+}
+
 /// Reads frames from `rd`, passes each through `transform` and writes the result to `wr`.
 pub async fn pump<R, W, F>(mut rd: R, mut wr: W, max_frame: usize, transform: F) -> PumpEnd
 where
@@ -360,6 +371,9 @@ where
     F: Fn(RawFrame) -> Result<Bytes, HeaderError>,
 {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Small frames decoded from one read leave in one write (one syscall, not one each);
+    // large frames are written as they are, without a copy.
+    let mut batch = BytesMut::with_capacity(BATCH_BYTES);
     let mut decoder = FrameDecoder::new(max_frame);
     loop {
         loop {
@@ -369,6 +383,13 @@ where
                         Ok(out) => out,
                         Err(e) => return PumpEnd::Rewrite(e),
                     };
+                    if batch.len() + out.len() <= BATCH_BYTES {
+                        batch.extend_from_slice(&out);
+                        continue;
+                    }
+                    if let Err(e) = flush(&mut wr, &mut batch).await {
+                        return PumpEnd::Write(e);
+                    }
                     if let Err(e) = wr.write_all(&out).await {
                         return PumpEnd::Write(e);
                     }
@@ -376,6 +397,9 @@ where
                 Ok(None) => break,
                 Err(e) => return PumpEnd::Frame(e),
             }
+        }
+        if let Err(e) = flush(&mut wr, &mut batch).await {
+            return PumpEnd::Write(e);
         }
         match rd.read_buf(&mut buf).await {
             Ok(0) if buf.is_empty() => return PumpEnd::Closed,
