@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit/protocol/in-process tests, then the interop
 # suite against real Apache RocketMQ 4.9.x and 5.3.3 with the official Java client.
-# Installs what it needs (Rust components; Debian packages from tests/apt-packages.txt and
-# Python packages from tests/requirements.txt; Maven downloads RocketMQ and the client).
+# Installs what it needs (Rust components; Debian packages from tests/apt-packages.txt,
+# Python packages from tests/requirements.txt, kustomize from the Go module proxy; Maven
+# downloads RocketMQ and the client).
 # Set RMQ_SKIP_INTEROP=1 to run only the Rust and the deploy (tests/deploy) tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,11 @@ if [ "${#missing_apt[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing_apt[@]}"
 fi
 python3 -m pip install -q -r tests/requirements.txt
-echo "== deploy: dashboard + alert rules vs list-metrics, promtool, admin API contract, /metrics"
+echo "== kustomize from the Go module proxy (tests/deploy/test_manifests.py)"
+need go
+scripts/install-kustomize.sh
+echo "== deploy: dashboard + alert rules vs list-metrics, promtool, admin API contract, /metrics,"
+echo "   Kubernetes manifests, the injector (webhook over HTTPS, offline inject), the batch mover"
 python3 -m pytest tests/deploy -v -rA
 
 if [ "${RMQ_SKIP_INTEROP:-0}" = "1" ]; then

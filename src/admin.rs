@@ -594,7 +594,7 @@ fn index_json() -> serde_json::Value {
     })
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -604,7 +604,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+pub(crate) fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
     let mut bytes = serde_json::to_vec_pretty(&value).unwrap_or_default();
     bytes.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
@@ -616,6 +616,6 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Full<
     r
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(status, json!({ "error": message }))
 }

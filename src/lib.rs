@@ -8,6 +8,7 @@
 //! - [`proxy`]: the name-server role, the per-broker listeners and the frame relay.
 //! - [`admin`]: the admin and health HTTP servers.
 //! - [`app`]: wiring, readiness and graceful shutdown.
+//! - [`inject`]: the Kubernetes injector (admission webhook and offline `inject`).
 
 pub mod acl;
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod annotation;
 pub mod app;
 pub mod config;
 pub mod health;
+pub mod inject;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

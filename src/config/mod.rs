@@ -2,7 +2,7 @@
 //! environment overrides, then validation into an immutable [`Config`]. Nothing binds or
 //! connects here, so `rmq-sidecar check` can validate a config anywhere.
 
-mod env;
+pub mod env;
 mod file;
 
 use std::fmt;
