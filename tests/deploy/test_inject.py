@@ -579,3 +579,58 @@ def test_wait_ready_waits_for_the_sidecars_readiness(sidecar_bin, sidecar):
     gone = subprocess.run([str(sidecar_bin), "wait-ready", "--url", f"http://127.0.0.1:{free_port()}/ready",
                            "--timeout-seconds", "0"], capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and "refused" in gone.stderr.lower(), gone.stderr
+
+
+def test_the_injected_container_is_a_working_sidecar(sidecar_bin, tmp_path):
+    """The env and mounts the injector writes, run as the kubelet would run them: the
+    configuration is valid, the credentials come from the Secret's files, and the route
+    annotation the stage put on the pod is followed from the downward API file."""
+    pod = json.loads((GOLDEN / "stage-new.json").read_text())["pod"]
+    sidecar = sidecar_of(pod)
+    mounts = {m["mountPath"]: tmp_path / m["name"] for m in sidecar["volumeMounts"]}
+    for directory in mounts.values():
+        directory.mkdir()
+    creds = mounts["/var/run/secrets/rocketmq-sidecar/new"]
+    (creds / "access-key").write_text("AKIDinjectedPodTest")
+    (creds / "secret-key").write_text("injected-pod-secret-never-shown")
+    annotations = pod["metadata"]["annotations"]
+    # The kubelet's format: key="Go-quoted value", one per line, sorted.
+    quoted = {k: v.replace("\\", "\\\\").replace('"', '\\"') for k, v in annotations.items()}
+    (mounts["/etc/rmq-sidecar/podinfo"] / "annotations").write_text(
+        "".join(f'{k}="{v}"\n' for k, v in sorted(quoted.items())))
+
+    def local(value: str) -> str:
+        for mount_path, directory in mounts.items():
+            if value.startswith(mount_path + "/") or value == mount_path:
+                return str(directory) + value[len(mount_path):]
+        return value
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RMQ_SIDECAR_")}
+    env.update({e["name"]: local(e["value"]) for e in sidecar["env"]})
+    checked = subprocess.run([str(sidecar_bin), "check"], env=env, capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    assert "credentials of cluster 'new'" in checked.stdout and "file" in checked.stdout, checked.stdout
+    assert "injected-pod-secret-never-shown" not in checked.stdout + checked.stderr
+
+    # Run it, on free loopback ports instead of the pod's fixed ones.
+    health = free_port()
+    env.update({"RMQ_SIDECAR_LISTEN": f"127.0.0.1:{free_port()}", "RMQ_SIDECAR_ADMIN": f"127.0.0.1:{free_port()}",
+                "RMQ_SIDECAR_METRICS": f"127.0.0.1:{health}", "RMQ_SIDECAR_BROKER_BIND": "127.62.0.0/16",
+                "RMQ_SIDECAR_OLD_NAMESRV": "127.0.0.1:1", "RMQ_SIDECAR_NEW_NAMESRV": "127.0.0.1:2"})
+    proc = subprocess.Popen([str(sidecar_bin)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 20
+        route = None
+        while time.time() < deadline and route is None:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", health, timeout=2)
+                c.request("GET", "/route")
+                route = json.loads(c.getresponse().read())
+            except OSError:
+                time.sleep(0.1)
+        assert route is not None, "the injected sidecar never served GET /route"
+        assert route["target"] == "new" and route["controlled_by"] == "annotation", route
+        assert (mounts["/var/run/rmq-sidecar"] / "route.json").is_file(), "state not kept in the emptyDir"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
