@@ -14,6 +14,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 mod wait_ready;
 
+/// How long the injector keeps answering after SIGTERM.
+const INJECTOR_DRAIN: Duration = Duration::from_secs(5);
+
 /// Exit code for a bad configuration or usage (EX_USAGE, as linkerd2-proxy does).
 const EXIT_CONFIG: u8 = 64;
 
@@ -338,17 +341,31 @@ fn inject_webhook(path: &std::path::Path) -> ExitCode {
             tracing::error!("cannot install signal handlers");
             return ExitCode::FAILURE;
         };
+        let mut server = tokio::spawn(rocketmq_sidecar::inject::webhook::run(config));
         tokio::select! {
-            result = rocketmq_sidecar::inject::webhook::run(config) => match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
+            result = &mut server => match result {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, "injector cannot start");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "injector stopped");
                     ExitCode::FAILURE
                 }
             },
             _ = term.recv() => {
-                tracing::info!("SIGTERM: exiting");
-                ExitCode::SUCCESS
+                // The API server may still pick this replica until the endpoints drop it;
+                // with failurePolicy Fail a refused call would fail a pod creation.
+                tracing::info!(
+                    seconds = INJECTOR_DRAIN.as_secs(),
+                    "SIGTERM: still answering while the Service's endpoints drop this replica"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(INJECTOR_DRAIN) => ExitCode::SUCCESS,
+                    _ = term.recv() => ExitCode::from(130),
+                    _ = int.recv() => ExitCode::from(130),
+                }
             }
             _ = int.recv() => ExitCode::from(130),
         }

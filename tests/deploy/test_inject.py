@@ -21,6 +21,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -182,7 +183,7 @@ class Webhook:
         return answer["response"]
 
     def stop(self):
-        self.proc.terminate()
+        self.proc.send_signal(signal.SIGINT)  # at once (SIGTERM keeps answering for 5 s)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -634,3 +635,14 @@ def test_the_injected_container_is_a_working_sidecar(sidecar_bin, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_sigterm_keeps_answering_briefly_then_exits_cleanly(sidecar_bin, tmp_path, certs, kube_api):
+    hook = Webhook(sidecar_bin, tmp_path, certs, kube_api, "admit")
+    started = time.time()
+    hook.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert hook.review(load_review("opt-out"))["allowed"] is True, "no answer right after SIGTERM"
+    assert hook.proc.wait(timeout=15) == 0, hook.log.read_text()
+    assert time.time() - started >= 4, "exited before the endpoints could drop it"
+    assert "SIGTERM: still answering" in hook.log.read_text()
