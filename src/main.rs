@@ -212,18 +212,26 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(run(config, log))
+}
+
+/// The tokio runtime of `run` and `inject-webhook`: two workers (a sidecar shares its
+/// pod's CPU; more threads would only add memory).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
         .build()
     {
-        Ok(r) => r,
+        Ok(r) => Some(r),
         Err(e) => {
             eprintln!("rmq-sidecar: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
-    };
-    runtime.block_on(run(config, log))
+    }
 }
 
 /// Prints every metric family: name, type, label names, help.
@@ -322,16 +330,8 @@ fn inject_webhook(path: &std::path::Path) -> ExitCode {
         eprintln!("rmq-sidecar: RMQ_SIDECAR_LOG: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(2)
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("rmq-sidecar: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let (Ok(mut term), Ok(mut int)) = (

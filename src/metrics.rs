@@ -229,7 +229,7 @@ impl Metrics {
 
     /// Every declared family as (name, type, help, label names), whether or not it has
     /// samples yet (`rmq-sidecar list-metrics`; dashboards and alerts are checked against it).
-    pub fn families(&self) -> Vec<(String, &'static str, String, Vec<String>)> {
+    pub fn families(&self) -> Vec<FamilyInfo> {
         use prometheus::core::Collector;
         let counters = [
             &self.requests,
@@ -278,29 +278,12 @@ impl Metrics {
                 .into_iter()
                 .map(|d| (d, "gauge")),
         );
-        let mut out: Vec<_> = descs
-            .into_iter()
-            .map(|(d, kind)| {
-                (
-                    d.fq_name.clone(),
-                    kind,
-                    d.help.clone(),
-                    d.variable_labels.clone(),
-                )
-            })
-            .collect();
-        out.sort();
-        out
+        describe(descs)
     }
 
     /// The text exposition format (version 0.0.4) and its content type.
     pub fn encode(&self) -> (Vec<u8>, String) {
-        let encoder = TextEncoder::new();
-        let mut out = Vec::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
-            tracing::error!(error = %e, "cannot encode metrics");
-        }
-        (out, encoder.format_type().to_owned())
+        encode_text(&self.registry)
     }
 
     /// Sets the route gauges.
@@ -333,6 +316,36 @@ pub const CHECK_OUTCOMES: &[&str] = &[
     "unexpected",
     "not_checked",
 ];
+
+/// One declared family: name, type, help, label names.
+pub type FamilyInfo = (String, &'static str, String, Vec<String>);
+
+/// Families from their descriptors, sorted by name.
+pub fn describe(descs: Vec<(&prometheus::core::Desc, &'static str)>) -> Vec<FamilyInfo> {
+    let mut out: Vec<FamilyInfo> = descs
+        .into_iter()
+        .map(|(d, kind)| {
+            (
+                d.fq_name.clone(),
+                kind,
+                d.help.clone(),
+                d.variable_labels.clone(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A registry in the text exposition format (version 0.0.4), with its content type.
+pub fn encode_text(registry: &Registry) -> (Vec<u8>, String) {
+    let encoder = TextEncoder::new();
+    let mut out = Vec::new();
+    if let Err(e) = encoder.encode(&registry.gather(), &mut out) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    (out, encoder.format_type().to_owned())
+}
 
 /// Response-code label: the code if it is one RocketMQ defines, else "other".
 pub fn response_code_label(code: i32) -> &'static str {

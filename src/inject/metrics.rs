@@ -1,9 +1,9 @@
 //! The injector's metrics, in a registry of their own (the injector process serves no
 //! relay metrics).
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::metrics::{describe, encode_text, FamilyInfo};
 
 /// Every injector metric family.
 #[derive(Clone)]
@@ -72,45 +72,28 @@ impl InjectorMetrics {
     }
 
     /// Every family as (name, type, help, label names), for `rmq-sidecar list-metrics`.
-    pub fn families(&self) -> Vec<(String, &'static str, String, Vec<String>)> {
+    pub fn families(&self) -> Vec<FamilyInfo> {
         use prometheus::core::Collector;
-        let mut out = Vec::new();
+        let mut descs = Vec::new();
         for c in [
             &self.admissions,
             &self.malformed,
             &self.stage_lookups,
             &self.cert_reloads,
         ] {
-            out.extend(c.desc().into_iter().map(|d| (d, "counter")));
+            descs.extend(c.desc().into_iter().map(|d| (d, "counter")));
         }
-        out.extend(
+        descs.extend(
             self.admission_duration
                 .desc()
                 .into_iter()
                 .map(|d| (d, "histogram")),
         );
-        let mut out: Vec<_> = out
-            .into_iter()
-            .map(|(d, kind)| {
-                (
-                    d.fq_name.clone(),
-                    kind,
-                    d.help.clone(),
-                    d.variable_labels.clone(),
-                )
-            })
-            .collect();
-        out.sort();
-        out
+        describe(descs)
     }
 
     /// The text exposition format and its content type.
     pub fn encode(&self) -> (Vec<u8>, String) {
-        let encoder = TextEncoder::new();
-        let mut out = Vec::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
-            tracing::error!(error = %e, "cannot encode metrics");
-        }
-        (out, encoder.format_type().to_owned())
+        encode_text(&self.registry)
     }
 }
