@@ -2,7 +2,8 @@
 # Runs every test: formatting, lints, unit/protocol/in-process tests, then the interop
 # suite against real Apache RocketMQ 4.9.x and 5.3.3 with the official Java client.
 # Installs what it needs (Rust components; Debian packages from tests/apt-packages.txt,
-# Python packages from tests/requirements.txt, kustomize from the Go module proxy; Maven
+# Python packages from tests/requirements.txt, kustomize and a Kubernetes API server from
+# the Go module proxy; Maven
 # downloads RocketMQ and the client).
 # Set RMQ_SKIP_INTEROP=1 to run only the Rust and the deploy (tests/deploy) tests.
 set -euo pipefail
@@ -38,6 +39,8 @@ python3 -m pip install -q -r tests/requirements.txt
 echo "== kustomize from the Go module proxy (tests/deploy/test_manifests.py)"
 need go
 scripts/install-kustomize.sh
+echo "== kube-apiserver, kubectl, etcd from the Go module proxy (tests/deploy/test_apiserver.py)"
+scripts/install-k8s-test-bins.sh
 echo "== deploy: dashboard + alert rules vs list-metrics, promtool, admin API contract, /metrics,"
 echo "   Kubernetes manifests, the injector (webhook over HTTPS, offline inject), the batch mover"
 python3 -m pytest tests/deploy -v -rA

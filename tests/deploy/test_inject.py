@@ -35,12 +35,11 @@ import pytest
 import yaml
 
 from deploy_support import REPO, free_port
+from inject_support import EXAMPLE_APP, Webhook, gen_certs, sidecar_of
 
 FIXTURES = REPO / "tests" / "fixtures" / "inject"
 REVIEWS = FIXTURES / "reviews"
 GOLDEN = FIXTURES / "golden"
-CERT_SCRIPT = REPO / "deploy" / "scripts" / "gen-webhook-certs.sh"
-EXAMPLE_APP = REPO / "deploy" / "kubernetes" / "examples" / "app-deployment.yaml"
 #: The oldest Kubernetes the native-sidecar mode supports; the schemas of this version.
 K8S_VERSION = "1.29.0"
 TOKEN = "fake-service-account-token"
@@ -49,44 +48,20 @@ UPDATE = os.environ.get("RMQ_UPDATE_GOLDEN") == "1"
 #: ConfigMap rocketmq-sidecar-stages per namespace in the fake API.
 STAGES = {"shop": {"deployment.orders-worker": "new", "deployment.orders-api": "old"}}
 
-INJECTOR_TOML = """
-[webhook]
-listen = "127.0.0.1:{https_port}"
-health_listen = "127.0.0.1:{health_port}"
-cert_file = "{certs}/tls.crt"
-key_file = "{certs}/tls.key"
-uninjectable = "{policy}"
-
-[stages]
-kube_api = "https://127.0.0.1:{api_port}"
-ca_file = "{certs}/ca.crt"
-token_file = "{token_file}"
-timeout_ms = 2000
-
-[sidecar]
-image = "registry.example.com/rmq-sidecar:0.1.0"
-old_namesrv = "rocketmq-namesrv.rocketmq.svc:9876"
-new_namesrv = "rmq-cn-example.rocketmq.tencenttdmq.com:8080"
-new_credentials_secret = "rocketmq-sidecar-new"
-java_tool_options = true
-"""
-
-
-def gen_certs(out: Path) -> Path:
-    r = subprocess.run(
-        ["bash", str(CERT_SCRIPT), "--out-dir", str(out), "--service", "rmq-sidecar-injector",
-         "--namespace", "rocketmq-sidecar", "--san", "IP:127.0.0.1", "--san", "DNS:localhost"],
-        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, f"gen-webhook-certs.sh failed:\n{r.stdout}\n{r.stderr}"
-    for name in ("ca.crt", "tls.crt", "tls.key"):
-        assert (out / name).is_file(), f"gen-webhook-certs.sh wrote no {name}"
-    return out
+def fake_api_stages(api: "FakeKubeApi", workdir: Path) -> str:
+    """The [stages] section pointing at the fake API server, with its bearer token."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    token_file = workdir / "token"
+    token_file.write_text(TOKEN + "\n")
+    return (f'kube_api = "https://127.0.0.1:{api.port}"\nca_file = "{api.certs}/ca.crt"\n'
+            f'token_file = "{token_file}"\ntimeout_ms = 2000')
 
 
 class FakeKubeApi:
     """GET /api/v1/namespaces/NS/configmaps/NAME over HTTPS, like the API server."""
 
     def __init__(self, certs: Path):
+        self.certs = certs
         self.requests: list[tuple[str, str]] = []
         api = self
 
@@ -128,68 +103,6 @@ class FakeKubeApi:
         self.server.shutdown()
 
 
-class Webhook:
-    """One `rmq-sidecar inject-webhook` process."""
-
-    def __init__(self, binary: Path, workdir: Path, certs: Path, api: FakeKubeApi, policy: str,
-                 sidecar_extra: str = ""):
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.certs = certs
-        self.https_port, self.health_port = free_port(), free_port()
-        token_file = workdir / "token"
-        token_file.write_text(TOKEN + "\n")
-        self.config = workdir / "injector.toml"
-        self.config.write_text(INJECTOR_TOML.format(
-            https_port=self.https_port, health_port=self.health_port, certs=certs,
-            api_port=api.port, token_file=token_file, policy=policy) + sidecar_extra)
-        self.log = workdir / "webhook.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RMQ_SIDECAR_")}
-        self.proc = subprocess.Popen([str(binary), "inject-webhook", "--config", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env=env)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            assert self.proc.poll() is None, f"webhook exited:\n{self.log.read_text()}"
-            try:
-                if self.health("/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"webhook not ready:\n{self.log.read_text()}")
-
-    def health(self, path: str) -> tuple[int, str]:
-        c = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=5)
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read().decode()
-
-    def post(self, body: bytes, path: str = "/inject", method: str = "POST",
-             cafile: Path | None = None) -> tuple[int, dict | str]:
-        ctx = ssl.create_default_context(cafile=str(cafile or self.certs / "ca.crt"))
-        c = http.client.HTTPSConnection("127.0.0.1", self.https_port, context=ctx, timeout=10)
-        c.request(method, path, body=body, headers={"Content-Type": "application/json"})
-        r = c.getresponse()
-        data = r.read().decode()
-        try:
-            return r.status, json.loads(data)
-        except json.JSONDecodeError:
-            return r.status, data
-
-    def review(self, review: dict) -> dict:
-        status, answer = self.post(json.dumps(review).encode())
-        assert status == 200, f"HTTP {status}: {answer}"
-        assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
-        assert answer["response"]["uid"] == review["request"]["uid"], "the response must echo the uid"
-        return answer["response"]
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGINT)  # at once (SIGTERM keeps answering for 5 s)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def load_review(name: str) -> dict:
     return json.loads((REVIEWS / f"{name}.json").read_text())
 
@@ -224,13 +137,6 @@ def check_golden(name: str, actual: dict):
         f"rerun with RMQ_UPDATE_GOLDEN=1 and review the diff")
 
 
-def sidecar_of(pod: dict) -> dict | None:
-    for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
-        if c["name"] == "rmq-sidecar":
-            return c
-    return None
-
-
 # === fixtures ===
 
 
@@ -248,14 +154,16 @@ def kube_api(certs):
 
 @pytest.fixture(scope="module")
 def admit_hook(sidecar_bin, tmp_path_factory, certs, kube_api):
-    hook = Webhook(sidecar_bin, tmp_path_factory.mktemp("admit"), certs, kube_api, "admit")
+    workdir = tmp_path_factory.mktemp("admit")
+    hook = Webhook(sidecar_bin, workdir, certs, fake_api_stages(kube_api, workdir), "admit")
     yield hook
     hook.stop()
 
 
 @pytest.fixture(scope="module")
 def deny_hook(sidecar_bin, tmp_path_factory, certs, kube_api):
-    hook = Webhook(sidecar_bin, tmp_path_factory.mktemp("deny"), certs, kube_api, "deny")
+    workdir = tmp_path_factory.mktemp("deny")
+    hook = Webhook(sidecar_bin, workdir, certs, fake_api_stages(kube_api, workdir), "deny")
     yield hook
     hook.stop()
 
@@ -391,7 +299,7 @@ def test_uninjectable_pods_follow_the_policy(admit_hook, deny_hook, case, reason
 
 
 def test_post_start_mode_puts_the_sidecar_first_with_a_wait_ready_hook(sidecar_bin, tmp_path, certs, kube_api):
-    hook = Webhook(sidecar_bin, tmp_path, certs, kube_api, "admit", sidecar_extra='mode = "post-start"\n')
+    hook = Webhook(sidecar_bin, tmp_path, certs, fake_api_stages(kube_api, tmp_path), "admit", sidecar_extra='mode = "post-start"\n')
     try:
         review = load_review("multi-container")
         pod = patched(review, hook.review(review))
@@ -474,7 +382,7 @@ def test_certificate_rotation_is_picked_up_and_a_broken_one_is_refused(sidecar_b
     second = gen_certs(tmp_path / "second")  # a different CA
     live = tmp_path / "live"
     shutil.copytree(first, live)
-    hook = Webhook(sidecar_bin, tmp_path / "hook", live, kube_api, "admit")
+    hook = Webhook(sidecar_bin, tmp_path / "hook", live, fake_api_stages(kube_api, tmp_path / "hook"), "admit")
     try:
         review = load_review("opt-out")
         assert hook.post(json.dumps(review).encode(), cafile=first / "ca.crt")[0] == 200
@@ -638,7 +546,7 @@ def test_the_injected_container_is_a_working_sidecar(sidecar_bin, tmp_path):
 
 
 def test_sigterm_keeps_answering_briefly_then_exits_cleanly(sidecar_bin, tmp_path, certs, kube_api):
-    hook = Webhook(sidecar_bin, tmp_path, certs, kube_api, "admit")
+    hook = Webhook(sidecar_bin, tmp_path, certs, fake_api_stages(kube_api, tmp_path), "admit")
     started = time.time()
     hook.proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
