@@ -17,12 +17,16 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import fake_kubectl
 from deploy_support import REPO, free_port
 from inject_support import CERT_SCRIPT, EXAMPLE_APP, Webhook, sidecar_of
 
@@ -300,3 +304,148 @@ def test_offline_inject_output_and_the_examples_are_accepted_by_the_api_server(c
     for example in ("stages-configmap.yaml", "credentials-secret.yaml"):
         api.kubectl("apply", "--dry-run=server", "-f", str(K8S / "examples" / example))
     api.kubectl("apply", "--dry-run=server", "-f", str(K8S / "rbac" / "mover-clusterrole.yaml"))
+
+
+# === the batch mover against the real API server ===
+
+#: Pod IPs for the mover test: the API server's pod proxy refuses loopback addresses, so
+#: each pod's sidecar listens on an address of the benchmarking range (RFC 2544) added to lo.
+POD_IPS = ["198.18.99.2", "198.18.99.3", "198.18.99.4"]
+HEALTH_PORT = 9879
+
+
+class PodSidecar:
+    """A real sidecar standing in for one pod's container: health port on the pod IP, route
+    annotation read from a downward API directory that a kubelet stand-in keeps current."""
+
+    def __init__(self, binary: Path, workdir: Path, pod_ip: str):
+        self.podinfo = workdir / "podinfo"
+        self.pod_ip = pod_ip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RMQ_SIDECAR_")}
+        env.update({
+            "RMQ_SIDECAR_OLD_NAMESRV": "127.0.0.1:1", "RMQ_SIDECAR_NEW_NAMESRV": "127.0.0.1:2",
+            "RMQ_SIDECAR_LISTEN": f"127.0.0.1:{free_port()}", "RMQ_SIDECAR_ADMIN": f"127.0.0.1:{free_port()}",
+            "RMQ_SIDECAR_METRICS": f"{pod_ip}:{HEALTH_PORT}", "RMQ_SIDECAR_STATE_DIR": str(workdir / "state"),
+            "RMQ_SIDECAR_BROKER_BIND": f"127.63.{POD_IPS.index(pod_ip)}.0/24",
+            "RMQ_SIDECAR_ANNOTATIONS_FILE": str(self.podinfo / "annotations"),
+        })
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=(workdir / "sidecar.log").open("wb"))
+
+    def route(self) -> dict:
+        import http.client
+        c = http.client.HTTPConnection(self.pod_ip, HEALTH_PORT, timeout=2)
+        c.request("GET", "/route")
+        return json.loads(c.getresponse().read())
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+
+
+def kubelet_stand_in(api: ApiServer, sidecars: dict, stop: threading.Event):
+    """What the kubelet does for the downward API volume: the pod's annotations, written
+    atomically into each pod's directory whenever they change (the real kubelet takes up to
+    its sync period; this one polls every 0.3 s)."""
+    written: dict[str, dict] = {}
+    while not stop.is_set():
+        r = api.kubectl("-n", APP_NS, "get", "pods", "-o", "json", check=False)
+        if r.returncode == 0:
+            for pod in json.loads(r.stdout)["items"]:
+                name, annotations = pod["metadata"]["name"], pod["metadata"].get("annotations", {})
+                if name in sidecars and written.get(name) != annotations:
+                    fake_kubectl.write_downward_api(sidecars[name].podinfo, annotations)
+                    written[name] = annotations
+        stop.wait(0.3)
+
+
+def test_the_batch_mover_moves_a_fleet_through_the_real_api_server(cluster, sidecar_bin, tmp_path):
+    api = cluster.api
+    added = []
+    sidecars: dict[str, PodSidecar] = {}
+    stop = threading.Event()
+    try:
+        for ip in POD_IPS:
+            r = subprocess.run(["ip", "addr", "add", f"{ip}/32", "dev", "lo"], capture_output=True, text=True)
+            assert r.returncode == 0, f"cannot add the pod address {ip} to lo (needs CAP_NET_ADMIN): {r.stderr}"
+            added.append(ip)
+        # Two workloads as their controllers would leave them: Deployments, and pods owned by
+        # their ReplicaSets, injected by the webhook at the workloads' stage (old).
+        workloads = {"orders-consumer": ("5d6f7c8b9", {"app": "orders", "role": "consumer"}),
+                     "orders-api": ("7b8c9d6f5", {"app": "orders", "role": "api"})}
+        api.kubectl("-n", APP_NS, "patch", "configmap", "rocketmq-sidecar-stages", "--type=merge", "-p",
+                    json.dumps({"data": {"deployment.orders-consumer": "old", "deployment.orders-api": "old"}}))
+        for name, (_, labels) in workloads.items():
+            api.kubectl("apply", "-f", "-", input=json.dumps({
+                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": APP_NS},
+                "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                         "template": {"metadata": {"labels": labels},
+                                      "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}}}}))
+        plan = [("orders-consumer", POD_IPS[0]), ("orders-consumer", POD_IPS[1]), ("orders-api", POD_IPS[2])]
+        pod_names = []
+        for workload, ip in plan:
+            pod_hash, labels = workloads[workload]
+            pod, _ = cluster.create_pod(f"{workload}-{pod_hash}", owner=("ReplicaSet", f"{workload}-{pod_hash}"),
+                                        labels=labels)
+            assert pod["metadata"]["annotations"]["rocketmq-sidecar/route"] == "old"
+            name = pod["metadata"]["name"]
+            api.kubectl("-n", APP_NS, "patch", "pod", name, "--subresource=status", "--type=merge", "-p",
+                        json.dumps({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}))
+            sidecars[name] = PodSidecar(sidecar_bin, tmp_path / name, ip)
+            pod_names.append(name)
+        threading.Thread(target=kubelet_stand_in, args=(api, sidecars, stop), daemon=True).start()
+        deadline = time.time() + 20
+        for name, sc in sidecars.items():
+            while True:
+                try:
+                    route = sc.route()
+                    if route["controlled_by"] == "annotation":
+                        break
+                except OSError:
+                    pass
+                assert time.time() < deadline, f"{name}'s sidecar never followed its annotation"
+                time.sleep(0.2)
+            assert route["target"] == "old"
+
+        env = dict(os.environ, KUBECONFIG=str(api.kubeconfig))
+
+        def mover(to: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, str(REPO / "scripts" / "rmq-move-workloads"), "-n", APP_NS, "--to", to,
+                 "--consumers", "deployment/orders-consumer", "--producers", "deployment/orders-api",
+                 "--batch-size", "1", "--timeout", "30", "--poll-interval", "0.5", "--yes",
+                 "--kubectl", str(api.bins / "kubectl")],
+                env=env, capture_output=True, text=True, timeout=300)
+
+        r = mover("new")
+        assert r.returncode == 0, f"mover failed:\n{r.stdout}\n{r.stderr}"
+        stages = json.loads(api.kubectl("-n", APP_NS, "get", "configmap", "rocketmq-sidecar-stages",
+                                        "-o", "json").stdout)["data"]
+        assert stages["deployment.orders-consumer"] == "new" and stages["deployment.orders-api"] == "new"
+        assert stages["deployment.orders"] == "new", "the mover dropped another workload's stage"
+        routes = {name: sc.route() for name, sc in sidecars.items()}
+        for name, route in routes.items():
+            assert route["target"] == "new" and route["controlled_by"] == "annotation", (name, route)
+        # Consumers moved (and confirmed) before the producer.
+        consumers = [routes[n]["changed_at_ms"] for n in pod_names[:2]]
+        assert max(consumers) <= routes[pod_names[2]]["changed_at_ms"], routes
+
+        # A pod created after the move (a rollout, a reschedule) starts at the new stage.
+        pod_hash, labels = workloads["orders-api"]
+        pod, _ = cluster.create_pod(f"orders-api-{pod_hash}", owner=("ReplicaSet", f"orders-api-{pod_hash}"),
+                                    labels=labels)
+        assert pod["metadata"]["annotations"]["rocketmq-sidecar/route"] == "new"
+        api.kubectl("-n", APP_NS, "delete", "pod", pod["metadata"]["name"], "--wait=false")
+
+        # Roll back the same way.
+        r = mover("old")
+        assert r.returncode == 0, f"rollback failed:\n{r.stdout}\n{r.stderr}"
+        for name, sc in sidecars.items():
+            assert sc.route()["target"] == "old", name
+    finally:
+        stop.set()
+        for sc in sidecars.values():
+            sc.stop()
+        for ip in added:
+            subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", "lo"], capture_output=True)
