@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import copy
 import http.client
-import http.server
 import json
 import os
 import shutil
@@ -25,7 +24,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -35,72 +33,14 @@ import pytest
 import yaml
 
 from deploy_support import REPO, free_port
-from inject_support import EXAMPLE_APP, Webhook, gen_certs, sidecar_of
+from inject_support import EXAMPLE_APP, TOKEN, FakeKubeApi, Webhook, fake_api_stages, gen_certs, sidecar_of
 
 FIXTURES = REPO / "tests" / "fixtures" / "inject"
 REVIEWS = FIXTURES / "reviews"
 GOLDEN = FIXTURES / "golden"
 #: The oldest Kubernetes the native-sidecar mode supports; the schemas of this version.
 K8S_VERSION = "1.29.0"
-TOKEN = "fake-service-account-token"
 UPDATE = os.environ.get("RMQ_UPDATE_GOLDEN") == "1"
-
-#: ConfigMap rocketmq-sidecar-stages per namespace in the fake API.
-STAGES = {"shop": {"deployment.orders-worker": "new", "deployment.orders-api": "old"}}
-
-def fake_api_stages(api: "FakeKubeApi", workdir: Path) -> str:
-    """The [stages] section pointing at the fake API server, with its bearer token."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    token_file = workdir / "token"
-    token_file.write_text(TOKEN + "\n")
-    return (f'kube_api = "https://127.0.0.1:{api.port}"\nca_file = "{api.certs}/ca.crt"\n'
-            f'token_file = "{token_file}"\ntimeout_ms = 2000')
-
-
-class FakeKubeApi:
-    """GET /api/v1/namespaces/NS/configmaps/NAME over HTTPS, like the API server."""
-
-    def __init__(self, certs: Path):
-        self.certs = certs
-        self.requests: list[tuple[str, str]] = []
-        api = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                api.requests.append((self.path, self.headers.get("Authorization", "")))
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    return self.reply(401, {"kind": "Status", "message": "Unauthorized"})
-                parts = self.path.strip("/").split("/")
-                if len(parts) != 6 or parts[:3] != ["api", "v1", "namespaces"] or parts[4] != "configmaps":
-                    return self.reply(404, {"kind": "Status", "message": "not found"})
-                ns, name = parts[3], parts[5]
-                if ns == "broken":
-                    return self.reply(500, {"kind": "Status", "message": "etcdserver: request timed out"})
-                if name != "rocketmq-sidecar-stages" or ns not in STAGES:
-                    return self.reply(404, {"kind": "Status", "message": f'configmaps "{name}" not found'})
-                return self.reply(200, {"kind": "ConfigMap", "apiVersion": "v1",
-                                        "metadata": {"name": name, "namespace": ns}, "data": STAGES[ns]})
-
-            def reply(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(certs / "tls.crt", certs / "tls.key")
-        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
 
 
 def load_review(name: str) -> dict:
