@@ -127,11 +127,7 @@ fn inject_object(
         Ok(Assessment::OptedOut) => notes.push(format!("{what}: opted out, left as is")),
         Ok(Assessment::HostNetwork) => {
             notes.push(format!("{what}: host network, not injected"));
-            patch::label_skipped(
-                pod,
-                "host-network",
-                "the pod uses the host network, where the sidecar's ports would clash on the node",
-            );
+            patch::label_skipped(pod, "host-network", patch::HOST_NETWORK_DETAIL);
         }
         Err(refusal) => match policy {
             Uninjectable::Deny => {

@@ -25,6 +25,10 @@ pub const STATUS_ANNOTATION: &str = "rocketmq-sidecar/status";
 /// Annotation the sidecar follows for its route (the default `route_annotation`).
 pub const ROUTE_ANNOTATION: &str = "rocketmq-sidecar/route";
 
+/// Why a pod on the host network gets no sidecar (label value `host-network`).
+pub const HOST_NETWORK_DETAIL: &str =
+    "the pod uses the host network, where the sidecar's ports would clash on the node";
+
 /// The app's name server: the sidecar's namesrv listener.
 pub const NAMESRV_ADDR: &str = "127.0.0.1:9876";
 /// The sidecar's health port (probes, Prometheus, GET /route).

@@ -125,30 +125,46 @@ pub fn stage_lookup_needed(req: &Request) -> Option<Workload> {
     }
 }
 
-/// The answer: the AdmissionReview response body and how it ended.
+/// The answer to one review.
+#[derive(Debug)]
+pub struct Answer {
+    /// The AdmissionReview response body.
+    pub review: Value,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What kubectl shows the user (also logged).
+    pub warnings: Vec<String>,
+}
+
+/// Answers one review; `stage` is the result of the caller's stage lookup.
 pub fn decide(
     req: &Request,
     stage: StageResult,
     template: &SidecarTemplate,
     policy: Uninjectable,
-) -> (Value, Outcome, Vec<String>) {
+) -> Answer {
+    let answer = |review, outcome, warnings| Answer {
+        review,
+        outcome,
+        warnings,
+    };
     if req.kind != "Pod" || req.operation != "CREATE" {
-        return (allow(&req.uid, None, &[]), Outcome::Ignored, Vec::new());
+        return answer(allow(&req.uid, None, &[]), Outcome::Ignored, Vec::new());
     }
     let before = &req.object;
     let mut pod = before.clone();
     let refused = |pod: &mut Value, refusal: Refusal| match policy {
-        Uninjectable::Deny => (
-            deny(
-                &req.uid,
-                &format!(
-                    "rocketmq-sidecar cannot inject this pod: {}",
-                    refusal.detail
-                ),
-            ),
-            Outcome::Denied,
-            vec![refusal.detail],
-        ),
+        Uninjectable::Deny => {
+            let message = format!(
+                "rocketmq-sidecar cannot inject this pod: {}",
+                refusal.detail
+            );
+            answer(
+                deny(&req.uid, &message),
+                Outcome::Denied,
+                vec![refusal.detail],
+            )
+        }
         Uninjectable::Admit => {
             let warnings = vec![format!(
                 "admitted without the rocketmq-sidecar: {}",
@@ -161,37 +177,28 @@ pub fn decide(
             } else {
                 Vec::new()
             };
-            (
-                allow(&req.uid, Some(ops), &warnings),
-                Outcome::UninjectableAdmitted,
-                warnings,
-            )
+            let review = allow(&req.uid, Some(ops), &warnings);
+            answer(review, Outcome::UninjectableAdmitted, warnings)
         }
     };
     match patch::assess(&pod) {
         Err(refusal) => refused(&mut pod, refusal),
-        Ok(Assessment::OptedOut) => (allow(&req.uid, None, &[]), Outcome::Ignored, Vec::new()),
+        Ok(Assessment::OptedOut) => {
+            answer(allow(&req.uid, None, &[]), Outcome::Ignored, Vec::new())
+        }
         Ok(Assessment::HostNetwork) => {
-            let detail =
-                "the pod uses the host network, where the sidecar's ports would clash on the node";
-            patch::label_skipped(&mut pod, "host-network", detail);
-            let ops = json_patch(before, &pod);
-            (
-                allow(&req.uid, Some(ops), &[]),
-                Outcome::SkippedHostNetwork,
-                Vec::new(),
-            )
+            patch::label_skipped(&mut pod, "host-network", patch::HOST_NETWORK_DETAIL);
+            let review = allow(&req.uid, Some(json_patch(before, &pod)), &[]);
+            answer(review, Outcome::SkippedHostNetwork, Vec::new())
         }
         Ok(assessment @ (Assessment::Inject | Assessment::AlreadyInjected)) => {
             let stage = match stage {
                 StageResult::Failed(why) => {
-                    return refused(
-                        &mut pod,
-                        Refusal {
-                            reason: "stage-lookup-failed",
-                            detail: format!("the workload's stage could not be read: {why}"),
-                        },
-                    )
+                    let refusal = Refusal {
+                        reason: "stage-lookup-failed",
+                        detail: format!("the workload's stage could not be read: {why}"),
+                    };
+                    return refused(&mut pod, refusal);
                 }
                 StageResult::Found(s) => Some(s),
                 StageResult::None => None,
@@ -202,16 +209,12 @@ pub fn decide(
                 stage: stage.as_deref(),
             };
             let report = patch::inject(&mut pod, template, &inputs);
-            let ops = json_patch(before, &pod);
+            let review = allow(&req.uid, Some(json_patch(before, &pod)), &report.warnings);
             let outcome = match assessment {
                 Assessment::Inject => Outcome::Injected,
                 _ => Outcome::AlreadyInjected,
             };
-            (
-                allow(&req.uid, Some(ops), &report.warnings),
-                outcome,
-                report.warnings,
-            )
+            answer(review, outcome, report.warnings)
         }
     }
 }

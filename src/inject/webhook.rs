@@ -269,7 +269,11 @@ async fn handle_https(state: &Webhook, req: Request<Incoming>) -> Response<Full<
         }
     };
     let stage = lookup_stage(state, &request).await;
-    let (answer, outcome, warnings) = review::decide(
+    let review::Answer {
+        review: answer,
+        outcome,
+        warnings,
+    } = review::decide(
         &request,
         stage.clone(),
         &state.config.sidecar,
