@@ -142,7 +142,23 @@ pub fn inject(pod: &mut Value, t: &SidecarTemplate, inputs: &PodInputs<'_>) -> I
     let fresh = assess(pod) == Ok(Assessment::Inject);
 
     if fresh {
-        let container = sidecar_container(t);
+        let mut container = sidecar_container(t);
+        let batch = inputs
+            .workload
+            .is_some_and(|w| w.starts_with("job.") || w.starts_with("cronjob."));
+        if batch && t.mode == SidecarMode::PostStart {
+            // A regular container keeps a Job's pod running after the app is done; the
+            // job ends it with POST /shutdown on the admin port.
+            if let Some(env) = container.get_mut("env").and_then(Value::as_array_mut) {
+                env.push(json!({"name": env::ENABLE_SHUTDOWN, "value": "true"}));
+            }
+            report.warnings.push(
+                "a Job's pod in post-start mode: the sidecar keeps running after the app exits; \
+                 end the job with `curl -X POST http://127.0.0.1:9878/shutdown` (enabled for this pod) \
+                 or use mode \"native\" (Kubernetes >= 1.29), where the sidecar stops on its own"
+                    .to_owned(),
+            );
+        }
         let spec = object_at(pod, "spec");
         let list = match t.mode {
             SidecarMode::Native => "initContainers",
@@ -519,6 +535,40 @@ mod tests {
             env[1],
             json!({"name": "NAMESRV_ADDR", "value": NAMESRV_ADDR})
         );
+    }
+
+    #[test]
+    fn a_jobs_pod_in_post_start_mode_can_shut_its_sidecar_down() {
+        let t = template("mode = \"post-start\"\n");
+        let job = PodInputs {
+            workload: Some("job.nightly-export"),
+            stage: None,
+        };
+        let mut p = pod();
+        let report = inject(&mut p, &t, &job);
+        let env = &p["spec"]["containers"][0]["env"];
+        assert!(env
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": env::ENABLE_SHUTDOWN, "value": "true"})));
+        assert!(
+            report.warnings[0].contains("/shutdown"),
+            "{:?}",
+            report.warnings
+        );
+        // Native sidecars stop on their own after a Job's containers; a Deployment needs nothing.
+        for (extra, workload) in [
+            ("", "job.nightly-export"),
+            ("mode = \"post-start\"\n", "deployment.x"),
+        ] {
+            let mut p = pod();
+            let inputs = PodInputs {
+                workload: Some(workload),
+                stage: None,
+            };
+            let report = inject(&mut p, &template(extra), &inputs);
+            assert!(report.warnings.is_empty() && !p.to_string().contains(env::ENABLE_SHUTDOWN));
+        }
     }
 
     #[test]
