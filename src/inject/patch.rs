@@ -24,6 +24,8 @@ pub const SKIPPED_DETAIL_ANNOTATION: &str = "rocketmq-sidecar/inject-skipped-det
 pub const STATUS_ANNOTATION: &str = "rocketmq-sidecar/status";
 /// Annotation the sidecar follows for its route (the default `route_annotation`).
 pub const ROUTE_ANNOTATION: &str = "rocketmq-sidecar/route";
+/// Pod annotation that overrides `java_tool_options` for one workload ("true"/"false").
+pub const JAVA_TOOL_OPTIONS_ANNOTATION: &str = "rocketmq-sidecar/java-tool-options";
 
 /// Why a pod on the host network gets no sidecar (label value `host-network`).
 pub const HOST_NETWORK_DETAIL: &str =
@@ -202,6 +204,23 @@ pub fn inject(pod: &mut Value, t: &SidecarTemplate, inputs: &PodInputs<'_>) -> I
 
     // App containers, on every invocation: a container another webhook added since our
     // first pass gets the name server too.
+    let java_tool_options = match pod
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(JAVA_TOOL_OPTIONS_ANNOTATION))
+        .and_then(Value::as_str)
+    {
+        None => t.java_tool_options,
+        Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            report.warnings.push(format!(
+                "{JAVA_TOOL_OPTIONS_ANNOTATION}='{other}' is not \"true\" or \"false\"; \
+                 the injector's default ({}) applies",
+                t.java_tool_options
+            ));
+            t.java_tool_options
+        }
+    };
     let spec = object_at(pod, "spec");
     for c in array_at_map(spec, "containers").iter_mut() {
         let Some(obj) = c.as_object_mut() else {
@@ -217,7 +236,7 @@ pub fn inject(pod: &mut Value, t: &SidecarTemplate, inputs: &PodInputs<'_>) -> I
             .to_owned();
         let env = array_at_map(obj, "env");
         set_env(env, "NAMESRV_ADDR", NAMESRV_ADDR, &name, &mut report);
-        if t.java_tool_options {
+        if java_tool_options {
             set_java_tool_options(env, &name, &mut report);
         }
     }
@@ -569,6 +588,34 @@ mod tests {
             let report = inject(&mut p, &template(extra), &inputs);
             assert!(report.warnings.is_empty() && !p.to_string().contains(env::ENABLE_SHUTDOWN));
         }
+    }
+
+    #[test]
+    fn a_pod_annotation_turns_java_tool_options_on_or_off() {
+        let has_flag = |p: &Value| {
+            p["spec"]["containers"][0]
+                .to_string()
+                .contains("JAVA_TOOL_OPTIONS")
+        };
+        let with = |value: &str| {
+            let mut p = pod();
+            p["metadata"]["annotations"] = json!({JAVA_TOOL_OPTIONS_ANNOTATION: value});
+            p
+        };
+        let (mut on, mut off, mut bad) = (with("true"), with("false"), with("yes"));
+        inject(&mut on, &template(""), &PodInputs::default());
+        inject(
+            &mut off,
+            &template("java_tool_options = true\n"),
+            &PodInputs::default(),
+        );
+        let report = inject(&mut bad, &template(""), &PodInputs::default());
+        assert!(has_flag(&on) && !has_flag(&off) && !has_flag(&bad));
+        assert!(
+            report.warnings[0].contains("'yes' is not"),
+            "{:?}",
+            report.warnings
+        );
     }
 
     #[test]
