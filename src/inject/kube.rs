@@ -126,14 +126,14 @@ impl KubeClient {
         })
     }
 
-    /// `data[key]` of ConfigMap `namespace/name`; `None` when the ConfigMap or the key
-    /// does not exist.
+    /// The first of `keys` present in the `data` of ConfigMap `namespace/name`, with its
+    /// value; `None` when the ConfigMap or every key is missing.
     pub async fn configmap_value(
         &self,
         namespace: &str,
         name: &str,
-        key: &str,
-    ) -> Result<Option<String>, KubeError> {
+        keys: &[String],
+    ) -> Result<Option<(String, String)>, KubeError> {
         let path = format!("/api/v1/namespaces/{namespace}/configmaps/{name}");
         let url = format!("{}{path}", self.base);
         let (status, body) = tokio::time::timeout(self.timeout, self.get(&path, &url))
@@ -146,11 +146,11 @@ impl KubeClient {
                         url: url.clone(),
                         message: format!("answer is not JSON: {e}"),
                     })?;
-                Ok(cm
-                    .get("data")
-                    .and_then(|d| d.get(key))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned))
+                let data = cm.get("data");
+                Ok(keys.iter().find_map(|key| {
+                    let value = data?.get(key)?.as_str()?;
+                    Some((key.clone(), value.to_owned()))
+                }))
             }
             404 => Ok(None),
             status => {

@@ -333,13 +333,15 @@ async fn lookup_stage(state: &Webhook, request: &review::Request) -> StageResult
         count("error");
         return StageResult::Failed(format!("'{namespace}' is not a namespace name"));
     }
-    let key = workload.stage_key();
-    match client.configmap_value(&namespace, configmap, &key).await {
+    match client
+        .configmap_value(&namespace, configmap, &workload.stage_keys())
+        .await
+    {
         Ok(None) => {
             count("absent");
             StageResult::None
         }
-        Ok(Some(value)) => match crate::annotation::parse_route_value(value.trim()) {
+        Ok(Some((key, value))) => match crate::annotation::parse_route_value(value.trim()) {
             Ok(target) => {
                 count("found");
                 StageResult::Found(target.as_str().to_owned())

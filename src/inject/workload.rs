@@ -20,6 +20,24 @@ impl Workload {
     pub fn stage_key(&self) -> String {
         format!("{}.{}", self.kind, self.name)
     }
+
+    /// The keys to look up, most specific first. A Job that a CronJob created is named
+    /// `<cronjob>-<scheduled minute>` and gets a new name every run, so its CronJob's key
+    /// (`cronjob.<cronjob>`) follows its own.
+    pub fn stage_keys(&self) -> Vec<String> {
+        let mut keys = vec![self.stage_key()];
+        if self.kind == "job" {
+            if let Some((cronjob, minute)) = self.name.rsplit_once('-') {
+                if minute.len() >= 8
+                    && minute.bytes().all(|b| b.is_ascii_digit())
+                    && !cronjob.is_empty()
+                {
+                    keys.push(format!("cronjob.{cronjob}"));
+                }
+            }
+        }
+        keys
+    }
 }
 
 /// The workload of a pod, from its controlling owner; `None` for a bare pod.
@@ -85,5 +103,19 @@ mod tests {
             {"kind": "ReplicaSet", "name": "plain", "controller": true}]}});
         assert_eq!(workload_of(&rs).unwrap().stage_key(), "replicaset.plain");
         assert_eq!(workload_of(&json!({"metadata": {"name": "p"}})), None);
+    }
+
+    #[test]
+    fn a_cronjobs_pods_fall_back_to_the_cronjob_key() {
+        let job = |name: &str| Workload {
+            kind: "job".into(),
+            name: name.into(),
+        };
+        assert_eq!(
+            job("nightly-export-29361440").stage_keys(),
+            ["job.nightly-export-29361440", "cronjob.nightly-export"]
+        );
+        assert_eq!(job("import-v2").stage_keys(), ["job.import-v2"]);
+        assert_eq!(job("migrate-123").stage_keys(), ["job.migrate-123"]);
     }
 }

@@ -121,7 +121,8 @@ def sidecar_of(pod: dict) -> dict | None:
 #: The bearer token the fake API server requires.
 TOKEN = "fake-service-account-token"
 #: ConfigMap rocketmq-sidecar-stages per namespace in the fake API.
-STAGES = {"shop": {"deployment.orders-worker": "new", "deployment.orders-api": "old"}}
+STAGES = {"shop": {"deployment.orders-worker": "new", "deployment.orders-api": "old",
+                  "cronjob.nightly-export": "new"}}
 
 
 def fake_api_stages(api: "FakeKubeApi", workdir: Path) -> str:

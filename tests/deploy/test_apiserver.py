@@ -175,7 +175,8 @@ class Cluster:
         if owner:
             kind, owner_name = owner
             metadata["generateName"] = f"{name}-"
-            metadata["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": kind, "name": owner_name,
+            group = "batch/v1" if kind in ("Job", "CronJob") else "apps/v1"
+            metadata["ownerReferences"] = [{"apiVersion": group, "kind": kind, "name": owner_name,
                                             "uid": "0d4f1c55-8f0b-4f7e-b2c1-3f6a2b1e9d10", "controller": True}]
             if kind == "ReplicaSet":
                 metadata["labels"]["pod-template-hash"] = owner_name.rsplit("-", 1)[1]
@@ -219,6 +220,14 @@ def test_a_workload_without_a_stage_starts_at_the_default(cluster):
     assert "rocketmq-sidecar/route" not in pod["metadata"].get("annotations", {})
     pod, _ = cluster.create_pod("billing-6c8d9f7b4", owner=("ReplicaSet", "billing-6c8d9f7b4"))
     assert pod["metadata"]["annotations"]["rocketmq-sidecar/route"] == "old"
+
+
+def test_a_cronjobs_pods_start_at_the_cronjobs_stage(cluster):
+    cluster.api.kubectl("-n", APP_NS, "patch", "configmap", "rocketmq-sidecar-stages", "--type=merge",
+                        "-p", json.dumps({"data": {"cronjob.nightly-export": "new"}}))
+    pod, _ = cluster.create_pod("nightly-export-29361440", owner=("Job", "nightly-export-29361440"),
+                                spec={"restartPolicy": "OnFailure"})
+    assert pod["metadata"]["annotations"]["rocketmq-sidecar/route"] == "new"
 
 
 def test_the_shipped_selectors_decide_who_is_sent_to_the_webhook(cluster):

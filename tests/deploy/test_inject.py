@@ -160,6 +160,11 @@ def test_new_pods_start_at_their_workloads_stage(admit_hook, kube_api):
     review = load_review("multi-container")
     pod = patched(review, admit_hook.review(review))
     assert pod["metadata"]["annotations"]["rocketmq-sidecar/route"] == "old"
+    # A CronJob's pod (owned by a Job named after the scheduled minute) gets the CronJob's stage.
+    review = load_review("cronjob-pod")
+    pod = patched(review, admit_hook.review(review))
+    validate(pod, "the injected CronJob pod")
+    assert pod["metadata"]["annotations"]["rocketmq-sidecar/route"] == "new"
     # A StatefulSet without a key: no route annotation, the sidecar's default target.
     review = load_review("statefulset-no-env")
     pod = patched(review, admit_hook.review(review))
