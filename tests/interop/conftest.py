@@ -213,6 +213,25 @@ def test_dir(request, run_dir) -> Path:
     return d
 
 
+@pytest.fixture
+def record_migration(request, test_dir):
+    """Records a migration report (printed, kept in the test's run directory and in the
+    session summary) and checks what every migration must show: it happened, every ack
+    came from a known broker, nothing acked was lost, and a sample is stored on the new
+    broker (asked of the broker, not of the sidecar)."""
+    def record(report) -> None:
+        text = report.format()
+        print(text)
+        (test_dir / "accounting.txt").write_text(text + "\n")
+        request.config._interop_accounting = getattr(request.config, "_interop_accounting", []) + [text]
+        assert report.error is None, report.error
+        assert report.sent > 0 and report.sent_old > 0 and report.sent_new > 0, "no migration happened"
+        assert report.sent_unknown == 0, "acks from a broker name that is neither old nor new"
+        assert report.lost == [], f"{len(report.lost)} acked messages never consumed"
+        assert report.new_sample is not None and report.new_sample.all_found, report.new_sample
+    return record
+
+
 @pytest.fixture(autouse=True)
 def _interop_log_marker(request):
     """Remember which log sources existed before the test (for the failure dump)."""

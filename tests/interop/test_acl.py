@@ -413,7 +413,7 @@ def test_smoke_533_client_through_sidecar_to_proxy(acl, test_dir, sidecar_binary
     assert acl.new.keys_stored(topic, [r[0] for r in res.records], sample=5).all_found
 
 
-def test_migration_to_acl_clusters(acl, test_dir, sidecar_binary, request):
+def test_migration_to_acl_clusters(acl, test_dir, sidecar_binary, record_migration):
     """run_migration with credential-less apps: every sidecar signs for old (ACL 1.0; AccessKey and
     SecretKey files named in the TOML) and for new (ACL 2.0; AccessKey file and SecretKey value
     from the environment)."""
@@ -428,15 +428,7 @@ def test_migration_to_acl_clusters(acl, test_dir, sidecar_binary, request):
     report = harness.run_migration(acl.old, acl.new, test_dir, label="acl: 4.9.7 ACL 1.0 -> 5.3.3 ACL 2.0",
                                    timers=harness.FAST_TIMERS, rate=50, broker_name_prefix=PREFIX,
                                    sidecar_binary=sidecar_binary, sidecar_options=options)
-    text = report.format()
-    print(text)
-    (test_dir / "accounting.txt").write_text(text + "\n")
-    request.config._interop_accounting = getattr(request.config, "_interop_accounting", []) + [text]
-    assert report.error is None, report.error
-    assert report.sent > 0 and report.sent_old > 0 and report.sent_new > 0, "no migration happened"
-    assert report.sent_unknown == 0
-    assert report.lost == [], f"{len(report.lost)} acked messages never consumed"
-    assert report.new_sample is not None and report.new_sample.all_found, report.new_sample
+    record_migration(report)
     for sc_dir in test_dir.glob("sidecar-*"):
         log_text = harness.tail(sc_dir / "sidecar.log", 10**6)
         assert NEW_ACL.secret_key not in log_text and OLD_ACL.secret_key not in log_text, sc_dir

@@ -75,20 +75,11 @@ def test_smoke_533_client_through_sidecar(pair_distinct, test_dir, sidecar_binar
 
 
 @pytest.mark.parametrize("kind", ["distinct-names", "same-broker-name"])
-def test_migration(kind, cluster_pairs, test_dir, sidecar_binary, request):
+def test_migration(kind, cluster_pairs, test_dir, sidecar_binary, record_migration):
     pair = cluster_pairs.get("distinct" if kind == "distinct-names" else "same")
     report = harness.run_migration(pair.old, pair.new, test_dir, label=kind, timers=harness.FAST_TIMERS,
                                    client_version=harness.OLD_CLIENT_VERSION, rate=50,
                                    broker_name_prefix=PREFIX, sidecar_binary=sidecar_binary)
-    text = report.format()
-    print(text)
-    (test_dir / "accounting.txt").write_text(text + "\n")
-    request.config._interop_accounting = getattr(request.config, "_interop_accounting", []) + [text]
-
-    assert report.error is None, report.error
-    assert report.sent > 0 and report.sent_old > 0 and report.sent_new > 0, "no migration happened"
-    assert report.sent_unknown == 0, "acks from a broker name that is neither old nor new"
-    assert report.lost == [], f"{len(report.lost)} acked messages never consumed"
+    record_migration(report)
     assert report.new_max_offsets_total is not None and report.new_max_offsets_total >= report.sent_new
-    assert report.new_sample is not None and report.new_sample.all_found, report.new_sample
     assert report.new_sample_wrong_host == []
