@@ -105,21 +105,9 @@ async fn counters_follow_the_traffic_and_the_switch() {
     );
 
     // Switch; sends on a new connection count under new.
-    let (status, _) = http(
-        sidecar.admin_addr,
-        "PUT",
-        "/route",
-        Some("{\"target\":\"new\"}"),
-    )
-    .await;
+    let (status, _) = put_route(sidecar.admin_addr, "new").await;
     assert_eq!(status, 200);
-    http(
-        sidecar.admin_addr,
-        "PUT",
-        "/route",
-        Some("{\"target\":\"nowhere\"}"),
-    )
-    .await;
+    put_route(sidecar.admin_addr, "nowhere").await;
     let new_local = local_master(sidecar.namesrv_addr, "T").await;
     let mut app_new = FrameClient::connect(new_local).await;
     for i in 0..3 {

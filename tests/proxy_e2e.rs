@@ -194,13 +194,7 @@ async fn switch_moves_route_answers_and_keeps_broker_names_distinct() {
     assert_eq!(old_name, "broker-a");
     let mut old_conn = FrameClient::connect(old_local).await;
 
-    let (status, body) = http(
-        sidecar.admin_addr,
-        "PUT",
-        "/route",
-        Some("{\"target\":\"new\"}"),
-    )
-    .await;
+    let (status, body) = put_route(sidecar.admin_addr, "new").await;
     assert_eq!(status, 200, "{body}");
     let doc: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(
@@ -263,13 +257,7 @@ async fn switch_moves_route_answers_and_keeps_broker_names_distinct() {
     assert_eq!(header_of(&pushed).ext("brokerName"), Some("new~broker-a"));
 
     // Idempotent switch: same target, same generation.
-    let (status, body) = http(
-        sidecar.admin_addr,
-        "PUT",
-        "/route",
-        Some("{\"target\":\"new\"}"),
-    )
-    .await;
+    let (status, body) = put_route(sidecar.admin_addr, "new").await;
     assert_eq!(status, 200);
     let doc: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(doc["generation"].as_u64(), Some(1));
@@ -329,13 +317,7 @@ async fn restart_restores_target_and_listeners_before_ready() {
     let config = sidecar_config(old_ns.addr, Some(new_ns.addr), "127.77.0.0/16", Some(&dir));
 
     let first = start_sidecar(&config).await;
-    let (status, _) = http(
-        first.admin_addr,
-        "PUT",
-        "/route",
-        Some("{\"target\":\"new\"}"),
-    )
-    .await;
+    let (status, _) = put_route(first.admin_addr, "new").await;
     assert_eq!(status, 200);
     let (_, route, _) = route_of(first.namesrv_addr, "T", 1).await;
     let (_, local) = master_of(&route.expect("route"));
@@ -377,13 +359,7 @@ async fn admin_refuses_invalid_requests_and_keeps_state() {
     }
     assert_eq!(sidecar.route.current().target.as_str(), "old");
     assert_eq!(sidecar.route.current().generation, 0);
-    let (status, _) = http(
-        sidecar.health_addr,
-        "PUT",
-        "/route",
-        Some("{\"target\":\"old\"}"),
-    )
-    .await;
+    let (status, _) = put_route(sidecar.health_addr, "old").await;
     assert_eq!(status, 405, "the health port is read-only");
     let (status, _) = http(sidecar.admin_addr, "GET", "/nope", None).await;
     assert_eq!(status, 404);
@@ -470,13 +446,7 @@ async fn connections_to_a_cluster_the_pod_left_are_retired_once_idle() {
     let (resp, _) = idle_old.call(&request(30, 3, &[("topic", "T")]), b"").await;
     assert_eq!(resp.ext("handledBy"), Some("old-a"));
 
-    http(
-        sidecar.admin_addr,
-        "PUT",
-        "/route",
-        Some("{\"target\":\"new\"}"),
-    )
-    .await;
+    put_route(sidecar.admin_addr, "new").await;
     // A pull held by the old broker is in flight: that connection must survive until the
     // answer arrives (3 s), even though the app sends nothing meanwhile.
     pulling_old

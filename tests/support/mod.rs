@@ -386,6 +386,12 @@ pub async fn start_sidecar(config: &str) -> Running {
     App::new(cfg).start().await.expect("sidecar starts")
 }
 
+/// `PUT /route` with `{"target": target}`: (status, body).
+pub async fn put_route(addr: SocketAddr, target: &str) -> (u16, String) {
+    let body = format!("{{\"target\":\"{target}\"}}");
+    http(addr, "PUT", "/route", Some(&body)).await
+}
+
 /// Minimal HTTP/1.1 client for the admin API: (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect admin");
