@@ -389,10 +389,13 @@ def test_offline_inject_of_the_example_app(sidecar_bin, admit_hook):
     again = run_inject(sidecar_bin, admit_hook.config, r.stdout, "--route", "new")
     assert again.returncode == 0 and again.stdout == r.stdout
     back = run_inject(sidecar_bin, admit_hook.config, r.stdout, "--route", "old")
+    assert back.returncode == 0, back.stderr
     changed = [(a, b) for a, b in zip(yaml.safe_load_all(r.stdout), yaml.safe_load_all(back.stdout)) if a != b]
+    assert len(changed) == injected, "--route old did not change every injected template"
     for a, b in changed:
+        assert b["spec"]["template"]["metadata"]["annotations"]["rocketmq-sidecar/route"] == "old"
         a["spec"]["template"]["metadata"]["annotations"]["rocketmq-sidecar/route"] = "old"
-        assert a == b
+        assert a == b, "--route changed more than the route annotation"
 
 
 def test_offline_inject_refuses_clearly(sidecar_bin, admit_hook, deny_hook, tmp_path):
@@ -417,7 +420,8 @@ def test_the_shipped_injector_config_is_accepted(sidecar_bin):
     r = subprocess.run([str(sidecar_bin), "inject", "-f", str(EXAMPLE_APP), "--config", str(config)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    assert "rmq-sidecar" in r.stdout
+    workloads = [d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "Deployment"]
+    assert workloads and all(sidecar_of(d["spec"]["template"]) for d in workloads), r.stdout
 
 
 def test_wait_ready_waits_for_the_sidecars_readiness(sidecar_bin, sidecar):
