@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load tool: how long the injector takes to answer an admission review, and its memory.
 
-Starts `rmq-sidecar inject-webhook` on loopback with the fake Kubernetes API of
+Starts `rmq-injector webhook` on loopback with the fake Kubernetes API of
 tests/deploy (HTTPS, bearer token) for the stage lookup, and sends AdmissionReviews over
 one kept-alive HTTPS connection, as the API server does, in alternating rounds:
 
@@ -52,7 +52,7 @@ def rss_kib(pid: int) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--binary", default=str(REPO / "target" / "release" / "rmq-sidecar"))
+    parser.add_argument("--binary", default=str(REPO / "target" / "release" / "rmq-injector"))
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--per-round", type=int, default=200)
     args = parser.parse_args()

@@ -16,12 +16,15 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Target;
+use rmq_common::clock::now_ms;
+use rmq_common::contract::{find_annotation, parse_route_value};
+
 use crate::metrics::Metrics;
-use crate::routing::{now_ms, RouteSwitch};
+use crate::routing::RouteSwitch;
+use rmq_common::Target;
 
 /// Default annotation key.
-pub const DEFAULT_KEY: &str = "rocketmq-sidecar/route";
+pub const DEFAULT_KEY: &str = rmq_common::contract::ROUTE_ANNOTATION;
 
 /// How often the annotations file is read.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -49,43 +52,6 @@ pub struct AnnotationWatch {
     file: PathBuf,
     key: String,
     status: Mutex<AnnotationStatus>,
-}
-
-/// The raw value of `key` in a downward API annotations file (`key="value"` lines, values
-/// quoted and escaped like Go's `%q`).
-pub fn find_annotation(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once('=')?;
-        (k.trim() == key).then(|| unquote(v.trim()))
-    })
-}
-
-/// The target a route annotation value asks for.
-pub fn parse_route_value(value: &str) -> Result<Target, String> {
-    Target::parse(value).ok_or_else(|| {
-        format!("'{value}' is not a route; use \"old\" or \"new\" (per-role values are not supported yet)")
-    })
-}
-
-fn unquote(v: &str) -> String {
-    let Some(inner) = v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
-        return v.to_owned();
-    };
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some(other) => out.push(other),
-            None => {}
-        }
-    }
-    out
 }
 
 // === impl AnnotationWatch ===
@@ -198,23 +164,5 @@ impl AnnotationWatch {
             tokio::time::sleep(POLL_EVERY).await;
             self.poll_once(&route, &metrics);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_downward_api_lines() {
-        let text = "kubectl.kubernetes.io/restartedAt=\"2026-11-25T10:00:00Z\"\nrocketmq-sidecar/route=\"new\"\nnote=\"a \\\"quoted\\\" = sign\"\n";
-        assert_eq!(find_annotation(text, DEFAULT_KEY).as_deref(), Some("new"));
-        assert_eq!(
-            find_annotation(text, "note").as_deref(),
-            Some("a \"quoted\" = sign")
-        );
-        assert_eq!(find_annotation(text, "missing"), None);
-        assert_eq!(parse_route_value(" NEW "), Ok(Target::New));
-        assert!(parse_route_value("producer=new,consumer=old").is_err());
     }
 }

@@ -14,7 +14,6 @@ use crate::admin::{self, AdminState, Port};
 use crate::annotation::AnnotationWatch;
 use crate::config::Config;
 use crate::health::Health;
-use crate::logging::LogControl;
 use crate::metrics::Metrics;
 use crate::protocol::code::request;
 use crate::protocol::Header;
@@ -23,6 +22,7 @@ use crate::proxy::listeners::{self, ListenerRegistry};
 use crate::proxy::namesrv::NameServerRole;
 use crate::proxy::{ConnTracker, RelayContext};
 use crate::routing::{LoadError, RouteSwitch};
+use rmq_common::logging::LogControl;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub enum StartError {
     #[error("credentials of cluster '{target}': {source}")]
     Credentials {
         /// Which cluster.
-        target: crate::config::Target,
+        target: rmq_common::Target,
         /// Why (never contains a secret).
         source: crate::acl::credentials::CredentialError,
     },
@@ -61,6 +61,12 @@ pub enum StartError {
 pub struct App {
     config: Arc<Config>,
     log: Option<Arc<LogControl>>,
+}
+
+/// The sidecar's state, built but not serving (nothing bound, nothing connected).
+#[derive(Debug)]
+pub struct Core {
+    admin: Arc<AdminState>,
 }
 
 /// A started sidecar.
@@ -101,13 +107,17 @@ impl App {
         self
     }
 
-    /// Binds every listener, restores persisted state and starts serving.
-    pub async fn start(self) -> Result<Running, StartError> {
-        let config = self.config;
+    /// Builds the sidecar's state without binding or connecting anything: the route
+    /// (restored from the state dir), metrics, clusters with their credentials, the
+    /// listener registry (empty until [`App::start`] restores it), health and the
+    /// annotation watch. The admin handlers run on it, so tests can call them in memory.
+    pub fn core(&self) -> Result<Core, StartError> {
+        let config = self.config.clone();
         let log = self
             .log
+            .clone()
             .unwrap_or_else(|| Arc::new(LogControl::fixed(&config.log)));
-        let (shutdown_tx, shutdown) = watch::channel(false);
+        let (shutdown, _) = watch::channel(false);
         let (route, restored) = RouteSwitch::load(&config)?;
         let route = Arc::new(route);
         if restored {
@@ -126,13 +136,43 @@ impl App {
             config.broker_fallback_ports,
             config.state_dir.clone(),
         ));
+        let annotation = config.annotations_file.as_ref().map(|file| {
+            Arc::new(AnnotationWatch::new(
+                file.clone(),
+                config.route_annotation.clone(),
+            ))
+        });
+        Ok(Core {
+            admin: Arc::new(AdminState {
+                config,
+                route,
+                health: Arc::new(Health::default()),
+                listeners,
+                ctx,
+                log,
+                shutdown,
+                annotation,
+            }),
+        })
+    }
+
+    /// Binds every listener, restores persisted state and starts serving.
+    pub async fn start(self) -> Result<Running, StartError> {
+        let core = self.core()?;
+        let state = core.admin.clone();
+        let config = state.config.clone();
+        let (route, ctx, listeners, health) = (
+            state.route.clone(),
+            state.ctx.clone(),
+            state.listeners.clone(),
+            state.health.clone(),
+        );
         // The app still dials the listeners it was given before a restart: re-open them
         // before anything reports ready.
         let n = listeners.restore().await.map_err(StartError::Listeners)?;
         if n > 0 {
             tracing::info!(count = n, "broker listeners restored");
         }
-        let health = Arc::new(Health::default());
 
         let bind = |addr: SocketAddr, what: &'static str| {
             listeners::bind(addr).map_err(|source| StartError::Bind { addr, what, source })
@@ -145,44 +185,37 @@ impl App {
         let admin_addr = local(&admin_listener, config.admin_listen);
         let health_addr = local(&health_listener, config.health_listen);
 
-        let role = Arc::new(NameServerRole {
-            ctx: ctx.clone(),
-            listeners: listeners.clone(),
-            route: route.clone(),
-            health: health.clone(),
-        });
-        // The pod annotation (if followed) is applied before anything reports ready.
-        let annotation = config.annotations_file.as_ref().map(|file| {
-            let watch = Arc::new(AnnotationWatch::new(
-                file.clone(),
-                config.route_annotation.clone(),
-            ));
-            watch.poll_once(&route, &ctx.metrics);
-            watch
-        });
-        let admin_state = Arc::new(AdminState {
-            config: config.clone(),
-            route: route.clone(),
-            health: health.clone(),
-            listeners: listeners.clone(),
-            ctx: ctx.clone(),
-            token_file: config.admin_token_file.clone(),
-            log,
-            shutdown: shutdown_tx,
-            annotation: annotation.clone(),
-        });
+        let role = Arc::new(NameServerRole::new(
+            ctx.clone(),
+            listeners.clone(),
+            route.clone(),
+            health.clone(),
+            config.limits.namesrv_inflight,
+        ));
         let mut tasks = vec![];
-        if let Some(watch) = annotation {
+        // The pod annotation (if followed) is applied before anything reports ready.
+        if let Some(watch) = state.annotation.clone() {
+            watch.poll_once(&route, &ctx.metrics);
             tasks.push(tokio::spawn(watch.run(route.clone(), ctx.metrics.clone())));
         }
+        let limits = config.limits;
+        let forever = std::future::pending::<()>;
         tasks.extend([
-            tokio::spawn(role.serve(ns_listener)),
+            tokio::spawn(role.serve(ns_listener, limits.namesrv_connections)),
             tokio::spawn(admin::serve(
-                admin_state.clone(),
+                state.clone(),
                 admin_listener,
                 Port::Admin,
+                limits.admin_connections,
+                forever(),
             )),
-            tokio::spawn(admin::serve(admin_state, health_listener, Port::Health)),
+            tokio::spawn(admin::serve(
+                state.clone(),
+                health_listener,
+                Port::Health,
+                limits.health_connections,
+                forever(),
+            )),
             tokio::spawn(probe_until_ready(
                 ctx.clone(),
                 route.clone(),
@@ -206,9 +239,18 @@ impl App {
             health,
             listeners,
             conns: ctx.conns.clone(),
-            shutdown,
+            shutdown: state.shutdown.subscribe(),
             tasks,
         })
+    }
+}
+
+// === impl Core ===
+
+impl Core {
+    /// The state the admin and health handlers answer from.
+    pub fn admin_state(&self) -> Arc<AdminState> {
+        self.admin.clone()
     }
 }
 

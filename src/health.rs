@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::config::Target;
-use crate::routing::now_ms;
+use rmq_common::clock::now_ms;
+use rmq_common::Target;
 
 /// The last name-server answer the sidecar relayed or probed.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -5,9 +5,11 @@
 //! outcomes and causes. Never a topic, group, client id or address.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use rmq_common::metrics::{describe, encode_text};
+
+pub use rmq_common::metrics::FamilyInfo;
 
 /// Latency buckets in seconds: sub-millisecond relays up to held pulls (15-30 s).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -71,7 +73,16 @@ pub struct Metrics {
     pub credential_check: IntGaugeVec,
     /// Build information (`version`), always 1.
     pub build_info: IntGaugeVec,
+    /// Connections closed at accept because their listener was at its cap, by `listener`.
+    pub connections_refused: IntCounterVec,
+    /// Failed accepts (typically out of file descriptors), by `listener`.
+    pub accept_failures: IntCounterVec,
+    /// Name-server requests answered SYSTEM_BUSY because too many were in flight.
+    pub namesrv_requests_refused: IntCounterVec,
 }
+
+/// Every listener name (`listener` label of the accept metrics).
+pub const LISTENERS: &[&str] = &["namesrv", "broker", "admin", "health"];
 
 // === impl Metrics ===
 
@@ -219,8 +230,29 @@ impl Metrics {
                 &["target", "outcome"],
             )?,
             build_info: gauge("build_info", "Build information", &["version"])?,
+            connections_refused: counter(
+                "connections_refused_total",
+                "Connections closed at accept because the listener was at its connection cap",
+                &["listener"],
+            )?,
+            accept_failures: counter(
+                "accept_failures_total",
+                "Failed accepts (typically out of file descriptors)",
+                &["listener"],
+            )?,
+            namesrv_requests_refused: counter(
+                "namesrv_requests_refused_total",
+                "Name-server requests answered SYSTEM_BUSY because the in-flight cap was reached",
+                &["listener"],
+            )?,
             registry,
         };
+        // Alerts see these at 0 from the start, not as "no data" until the first event.
+        for l in LISTENERS {
+            m.connections_refused.with_label_values(&[l]);
+            m.accept_failures.with_label_values(&[l]);
+        }
+        m.namesrv_requests_refused.with_label_values(&["namesrv"]);
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -250,6 +282,9 @@ impl Metrics {
             &self.signed_requests,
             &self.signature_refusals,
             &self.credential_reloads,
+            &self.connections_refused,
+            &self.accept_failures,
+            &self.namesrv_requests_refused,
         ];
         let gauges = [
             &self.client_connections_active,
@@ -286,6 +321,16 @@ impl Metrics {
         encode_text(&self.registry)
     }
 
+    /// Counts what the accept loop of `listener` reports.
+    pub fn accept_observer(&self, listener: &'static str) -> rmq_common::serve::AcceptObserver {
+        let refused = self.connections_refused.with_label_values(&[listener]);
+        let failed = self.accept_failures.with_label_values(&[listener]);
+        std::sync::Arc::new(move |event| match event {
+            rmq_common::serve::AcceptEvent::Refused => refused.inc(),
+            rmq_common::serve::AcceptEvent::Failed => failed.inc(),
+        })
+    }
+
     /// Sets the route gauges.
     pub fn set_route(&self, target: &str, generation: u64) {
         for t in ["old", "new"] {
@@ -317,34 +362,18 @@ pub const CHECK_OUTCOMES: &[&str] = &[
     "not_checked",
 ];
 
-/// One declared family: name, type, help, label names.
-pub type FamilyInfo = (String, &'static str, String, Vec<String>);
-
-/// Families from their descriptors, sorted by name.
-pub fn describe(descs: Vec<(&prometheus::core::Desc, &'static str)>) -> Vec<FamilyInfo> {
-    let mut out: Vec<FamilyInfo> = descs
-        .into_iter()
-        .map(|(d, kind)| {
-            (
-                d.fq_name.clone(),
-                kind,
-                d.help.clone(),
-                d.variable_labels.clone(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// A registry in the text exposition format (version 0.0.4), with its content type.
-pub fn encode_text(registry: &Registry) -> (Vec<u8>, String) {
-    let encoder = TextEncoder::new();
-    let mut out = Vec::new();
-    if let Err(e) = encoder.encode(&registry.gather(), &mut out) {
-        tracing::error!(error = %e, "cannot encode metrics");
+/// `rmq-sidecar list-metrics`: every family of the sidecar, one per line.
+pub fn list_metrics() -> std::process::ExitCode {
+    match Metrics::new(Registry::new()) {
+        Ok(m) => {
+            rmq_common::metrics::print_families(&m.families());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rmq-sidecar: cannot declare metrics: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
-    (out, encoder.format_type().to_owned())
 }
 
 /// Response-code label: the code if it is one RocketMQ defines, else "other".

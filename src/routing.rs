@@ -4,16 +4,19 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::{Config, Target};
+use rmq_common::clock::now_ms;
+use rmq_common::contract;
+use rmq_common::Target;
+
+use crate::config::Config;
 use crate::state;
 
 /// File name of the persisted route inside the state dir.
-pub const ROUTE_FILE: &str = "route.json";
+pub const ROUTE_FILE: &str = contract::ROUTE_FILE;
 
 /// A published route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,11 +124,7 @@ impl RouteSwitch {
         if current.target == target {
             return Ok((current, false));
         }
-        let index = match target {
-            Target::Old => 0,
-            Target::New => 1,
-        };
-        if !self.configured[index] {
+        if !self.configured[target.index()] {
             return Err(SwitchError::NotConfigured(target));
         }
         let next = RouteState {
@@ -143,12 +142,4 @@ impl RouteSwitch {
         self.tx.send_replace(next);
         Ok((next, true))
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use rocketmq_sidecar::config::{Config, Target};
+use rocketmq_sidecar::config::Config;
+use rocketmq_sidecar::Target;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs

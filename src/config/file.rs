@@ -29,6 +29,8 @@ pub struct ConfigFile {
     pub admin: AdminFile,
     /// Upstream timeouts.
     pub upstream: UpstreamFile,
+    /// Caps on connections and in-flight requests.
+    pub limits: LimitsFile,
     /// The two clusters.
     pub clusters: ClustersFile,
 }
@@ -70,6 +72,22 @@ pub struct UpstreamFile {
     /// Close a connection to a cluster that is no longer the target after this long
     /// without a request from the app (0 = never).
     pub retire_idle_seconds: Option<u64>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Most app connections open at once on the name-server listener.
+    pub namesrv_connections: Option<u64>,
+    /// Most app connections open at once on each broker listener (and on its VIP twin).
+    pub broker_connections: Option<u64>,
+    /// Most connections open at once on the admin listener.
+    pub admin_connections: Option<u64>,
+    /// Most connections open at once on the health listener.
+    pub health_connections: Option<u64>,
+    /// Most name-server requests being answered at once; more get SYSTEM_BUSY.
+    pub namesrv_inflight: Option<u64>,
 }
 
 /// `[clusters]`

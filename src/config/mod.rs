@@ -13,31 +13,21 @@ use std::time::Duration;
 pub use env::{Env, ProcessEnv};
 pub use file::ConfigFile;
 
+use rmq_common::Target;
+
 use crate::acl::credentials::{CredentialSources, Source};
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
 
-/// Default name-server listen address (the app's NAMESRV_ADDR).
-pub const DEFAULT_NAMESRV_LISTEN: &str = "127.0.0.1:9876";
-/// Default admin listen address (loopback: mutations live here).
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9878";
-/// Default health/metrics listen address (reachable by the kubelet and Prometheus).
-pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:9879";
+pub use rmq_common::contract::{
+    parse_namesrv_list, DEFAULT_ADMIN_LISTEN, DEFAULT_HEALTH_LISTEN, DEFAULT_NAMESRV_LISTEN,
+};
+pub use rmq_common::logging::LogFormat;
 /// Default loopback range for per-broker listeners.
 pub const DEFAULT_BROKER_BIND: &str = "127.1.0.0/16";
 /// Default fallback port range for broker listeners (below Linux's ephemeral range).
 pub const DEFAULT_FALLBACK_PORTS: &str = "27000-28999";
 /// Default broker-name prefix for the new cluster.
 pub const DEFAULT_NEW_PREFIX: &str = "new~";
-
-/// Which cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    /// The self-built Apache RocketMQ cluster being left.
-    Old,
-    /// The TDMQ cluster being moved to.
-    New,
-}
 
 /// A configuration error, naming the key (and the variable that set it, if any).
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +64,33 @@ pub struct BrokerBind {
     pub prefix: u8,
 }
 
+/// Caps that keep one listener, or a flood on it, from taking the pod's sidecar down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most app connections open at once on the name-server listener.
+    pub namesrv_connections: usize,
+    /// Most app connections open at once on each broker listener and on its VIP twin.
+    pub broker_connections: usize,
+    /// Most connections open at once on the admin listener.
+    pub admin_connections: usize,
+    /// Most connections open at once on the health listener.
+    pub health_connections: usize,
+    /// Most name-server requests being answered at once; more are answered SYSTEM_BUSY.
+    pub namesrv_inflight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            namesrv_connections: 1024,
+            broker_connections: 1024,
+            admin_connections: 64,
+            health_connections: 256,
+            namesrv_inflight: 256,
+        }
+    }
+}
+
 /// Settings of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -100,15 +117,6 @@ pub enum UniqueKeyRuleSetting {
     V4,
     /// 5.x servers: signed for clients at 4.9.4 or later.
     V5,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Validated, immutable configuration.
@@ -151,37 +159,12 @@ pub struct Config {
     /// Idle time after which a connection to a no-longer-targeted cluster is closed
     /// (`None` = never).
     pub retire_idle: Option<Duration>,
+    /// Connection and in-flight caps.
+    pub limits: Limits,
     /// The old cluster.
     pub old: ClusterConfig,
     /// The new cluster.
     pub new: ClusterConfig,
-}
-
-// === impl Target ===
-
-impl Target {
-    /// "old" or "new".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Target::Old => "old",
-            Target::New => "new",
-        }
-    }
-
-    /// Parses "old" or "new" (case-insensitive).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "old" => Some(Target::Old),
-            "new" => Some(Target::New),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 // === impl BrokerBind ===
@@ -280,19 +263,22 @@ impl Config {
             }
         };
 
-        let (log_s, _) = pick(env::LOG, file.log);
+        let (log_s, log_env) = pick(env::LOG, file.log);
         let log = log_s.unwrap_or_else(|| "info".to_owned());
+        // The filter start-up installs: a filter `check` accepts must be one `run` starts with.
+        rmq_common::logging::validate_filter(&log).map_err(|message| ConfigError::Invalid {
+            key: "log",
+            message,
+            env: log_env,
+        })?;
         let (fmt_s, fmt_env) = pick(env::LOG_FORMAT, file.log_format);
-        let log_format = match fmt_s.as_deref().map(str::trim) {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    key: "log_format",
-                    message: format!("'{other}' is not \"text\" or \"json\""),
-                    env: fmt_env,
-                })
-            }
+        let log_format = match fmt_s.as_deref() {
+            None => LogFormat::Text,
+            Some(s) => LogFormat::parse(s).ok_or_else(|| ConfigError::Invalid {
+                key: "log_format",
+                message: format!("'{}' is not \"text\" or \"json\"", s.trim()),
+                env: fmt_env,
+            })?,
         };
 
         let listen = file.listen;
@@ -377,7 +363,7 @@ impl Config {
         let route_annotation = file
             .route_annotation
             .map(|k| k.trim().to_owned())
-            .unwrap_or_else(|| crate::annotation::DEFAULT_KEY.to_owned());
+            .unwrap_or_else(|| rmq_common::contract::ROUTE_ANNOTATION.to_owned());
         if route_annotation.is_empty() || route_annotation.contains(['=', '"', '\n']) {
             return Err(ConfigError::Invalid {
                 key: "route_annotation",
@@ -410,6 +396,8 @@ impl Config {
                 })
             }
         };
+
+        let limits = limits(&file.limits)?;
 
         let clusters = file.clusters;
         let old = cluster(Target::Old, clusters.old, env)?;
@@ -476,6 +464,7 @@ impl Config {
             connect_timeout,
             namesrv_timeout,
             retire_idle,
+            limits,
             old,
             new,
         })
@@ -512,6 +501,46 @@ fn millis(key: &'static str, value: Option<u64>, default: u64) -> Result<Duratio
             env: None,
         }),
     }
+}
+
+fn limits(file: &file::LimitsFile) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let one = |key: &'static str, value: Option<u64>, default: usize| match value {
+        None => Ok(default),
+        Some(n @ 1..=1_000_000) => Ok(n as usize),
+        Some(n) => Err(ConfigError::Invalid {
+            key,
+            message: format!("{n} is outside 1..=1000000"),
+            env: None,
+        }),
+    };
+    Ok(Limits {
+        namesrv_connections: one(
+            "limits.namesrv_connections",
+            file.namesrv_connections,
+            d.namesrv_connections,
+        )?,
+        broker_connections: one(
+            "limits.broker_connections",
+            file.broker_connections,
+            d.broker_connections,
+        )?,
+        admin_connections: one(
+            "limits.admin_connections",
+            file.admin_connections,
+            d.admin_connections,
+        )?,
+        health_connections: one(
+            "limits.health_connections",
+            file.health_connections,
+            d.health_connections,
+        )?,
+        namesrv_inflight: one(
+            "limits.namesrv_inflight",
+            file.namesrv_inflight,
+            d.namesrv_inflight,
+        )?,
+    })
 }
 
 /// Dotted keys of one cluster's section, for error messages.
@@ -645,25 +674,6 @@ fn cluster(
         unique_key_rule,
         check_topic,
     })
-}
-
-/// Parses RocketMQ's `host:port;host:port` list.
-pub fn parse_namesrv_list(s: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for item in s.split(';').map(str::trim).filter(|i| !i.is_empty()) {
-        let Some((host, port)) = item.rsplit_once(':') else {
-            return Err(format!(
-                "'{item}' is not host:port (list form: host:port;host:port)"
-            ));
-        };
-        if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!(
-                "'{item}' is not host:port (list form: host:port;host:port)"
-            ));
-        }
-        out.push(item.to_owned());
-    }
-    Ok(out)
 }
 
 fn parse_broker_bind(s: &str) -> Result<BrokerBind, String> {

@@ -13,6 +13,8 @@ pub mod request {
     pub const SEND_MESSAGE: i32 = 10;
     /// PULL_MESSAGE: long-polling pull, held up to 15-30 s by the broker.
     pub const PULL_MESSAGE: i32 = 11;
+    /// GET_MAX_OFFSET: a queue's end offset (the credential check reads one).
+    pub const GET_MAX_OFFSET: i32 = 30;
     /// HEART_BEAT: client registration with a broker, every 30 s.
     pub const HEART_BEAT: i32 = 34;
     /// CHECK_TRANSACTION_STATE: broker -> client.
@@ -55,6 +57,9 @@ pub mod response {
     pub const SUCCESS: i32 = 0;
     /// SYSTEM_ERROR: what the sidecar answers when it cannot reach a name server.
     pub const SYSTEM_ERROR: i32 = 1;
+    /// SYSTEM_BUSY: a server's thread pool is full ("[OVERLOAD]"); the sidecar answers it
+    /// when too many name-server requests are in flight.
+    pub const SYSTEM_BUSY: i32 = 2;
     /// TOPIC_NOT_EXIST.
     pub const TOPIC_NOT_EXIST: i32 = 17;
 }

@@ -138,6 +138,11 @@ impl RawFrame {
         self.bytes.slice(PREFIX_LEN + self.header_len..)
     }
 
+    /// The same frame, header bytes and serialize type untouched, with another body.
+    pub fn with_body(&self, body: &[u8]) -> Bytes {
+        encode_frame(self.serialize_type(), self.header_bytes(), body)
+    }
+
     /// How the header is serialised.
     pub fn serialize_type(&self) -> SerializeType {
         self.serialize

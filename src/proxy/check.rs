@@ -15,8 +15,6 @@ use super::Cluster;
 use crate::acl::{sign_request, Credentials};
 use crate::protocol::code::request;
 
-/// GET_MAX_OFFSET request code.
-const GET_MAX_OFFSET: i32 = 30;
 use crate::protocol::route;
 use crate::protocol::{FrameDecoder, Header};
 
@@ -232,7 +230,7 @@ fn heartbeat_probe() -> (Header, Vec<u8>) {
 
 /// GET_MAX_OFFSET on queue 0 of `topic` (with `bname`, which 5.x proxies route by).
 fn max_offset_probe(topic: &str, broker_name: &str) -> (Header, Vec<u8>) {
-    let mut h = Header::request(GET_MAX_OFFSET, 1);
+    let mut h = Header::request(request::GET_MAX_OFFSET, 1);
     h.set_ext("topic", topic);
     h.set_ext("queueId", "0");
     if !broker_name.is_empty() {

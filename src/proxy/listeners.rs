@@ -16,20 +16,21 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use dashmap::DashMap;
+use rmq_common::serve::{self, AcceptConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Mutex;
 
 use super::relay;
 use super::RelayContext;
-use crate::config::{BrokerBind, Target};
+use crate::config::BrokerBind;
 use crate::state;
+use rmq_common::Target;
 
 /// File name of the persisted listener map inside the state dir.
-pub const LISTENERS_FILE: &str = "listeners.json";
+pub const LISTENERS_FILE: &str = rmq_common::contract::LISTENERS_FILE;
 
 /// One upstream broker address and where the app reaches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,28 +324,22 @@ async fn accept_loop(
     m: Mapping,
     kind: &'static str,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = ctx.drain_requested() => {
-                tracing::info!(local = %m.local, listener = kind, "draining: broker listener closed");
-                return;
-            }
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let ctx = ctx.clone();
-                let upstream = m.upstream.clone();
-                let cluster = m.cluster;
-                tokio::spawn(async move { relay::run(ctx, stream, peer, cluster, upstream).await });
-            }
-            Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(local = %m.local, listener = kind, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    let local = if kind == "vip" { m.vip } else { m.local };
+    let config = AcceptConfig {
+        name: "broker",
+        local,
+        max_connections: ctx.max_broker_connections,
+    };
+    let observer = ctx.metrics.accept_observer("broker");
+    let drain = ctx.clone();
+    serve::serve(
+        listener,
+        config,
+        observer,
+        async move { drain.drain_requested().await },
+        |stream, peer| relay::run(ctx.clone(), stream, peer, m.cluster, m.upstream.clone()),
+    )
+    .await;
 }
 
 fn try_pair(

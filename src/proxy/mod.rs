@@ -17,9 +17,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::acl::credentials::{CredentialError, CredentialStore};
-use crate::config::{Config, Target};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::routing::RouteState;
+use rmq_common::Target;
 
 pub use conns::ConnTracker;
 pub use rename::Renamer;
@@ -52,6 +53,8 @@ pub struct RelayContext {
     pub frame_max_bytes: usize,
     /// Connect timeout to brokers.
     pub connect_timeout: Duration,
+    /// Most app connections open at once on each broker listener.
+    pub max_broker_connections: usize,
     /// The pod's route, to retire connections to a cluster it has left.
     pub route: watch::Receiver<RouteState>,
     /// Idle time before such a connection is closed (`None` = never).
@@ -66,10 +69,7 @@ pub struct RelayContext {
 
 /// Index of a cluster in [`RelayContext::clusters`].
 pub fn cluster_index(target: Target) -> usize {
-    match target {
-        Target::Old => 0,
-        Target::New => 1,
-    }
+    target.index()
 }
 
 // === impl RelayContext ===
@@ -112,6 +112,7 @@ impl RelayContext {
             conns: ConnTracker::default(),
             frame_max_bytes: config.frame_max_bytes,
             connect_timeout: config.connect_timeout,
+            max_broker_connections: config.limits.broker_connections,
             route,
             retire_idle: config.retire_idle,
             metrics,

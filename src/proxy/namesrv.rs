@@ -7,17 +7,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use rmq_common::serve::{self, AcceptConfig, RateLimitedLog, LOG_EVERY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Decoder;
 
 use super::listeners::ListenerRegistry;
 use super::{Cluster, RelayContext};
-use crate::config::Target;
 use crate::health::Health;
 use crate::metrics::{code_group, response_code_label};
 use crate::protocol::code::request_name;
@@ -25,18 +25,19 @@ use crate::protocol::code::{request, response};
 use crate::protocol::route::{self, RouteMapper};
 use crate::protocol::{FrameDecoder, Header, RawFrame};
 use crate::routing::RouteSwitch;
+use rmq_common::Target;
 
 /// Everything the name-server role needs.
 #[derive(Debug)]
 pub struct NameServerRole {
-    /// Relay context (clusters, connection tracking).
-    pub ctx: Arc<RelayContext>,
-    /// Broker listeners.
-    pub listeners: Arc<ListenerRegistry>,
-    /// The pod's route.
-    pub route: Arc<RouteSwitch>,
-    /// Health reporting.
-    pub health: Arc<Health>,
+    ctx: Arc<RelayContext>,
+    listeners: Arc<ListenerRegistry>,
+    route: Arc<RouteSwitch>,
+    health: Arc<Health>,
+    /// One permit per request being answered.
+    inflight: Arc<Semaphore>,
+    max_inflight: usize,
+    busy_log: Mutex<RateLimitedLog>,
 }
 
 struct Mapper<'a> {
@@ -57,27 +58,45 @@ impl RouteMapper for Mapper<'_> {
 // === impl NameServerRole ===
 
 impl NameServerRole {
-    /// Accepts app connections on `listener` forever.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = self.ctx.drain_requested() => {
-                    tracing::info!("draining: name-server listener closed");
-                    return;
-                }
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let this = self.clone();
-                    tokio::spawn(async move { this.serve_connection(stream, peer).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "name-server accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
+    /// The role, answering at most `max_inflight` requests at once.
+    pub fn new(
+        ctx: Arc<RelayContext>,
+        listeners: Arc<ListenerRegistry>,
+        route: Arc<RouteSwitch>,
+        health: Arc<Health>,
+        max_inflight: usize,
+    ) -> Self {
+        Self {
+            ctx,
+            listeners,
+            route,
+            health,
+            inflight: Arc::new(Semaphore::new(max_inflight)),
+            max_inflight,
+            busy_log: Mutex::new(RateLimitedLog::new(LOG_EVERY)),
         }
+    }
+
+    /// Accepts app connections on `listener` until `POST /drain`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, max_connections: usize) {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let config = AcceptConfig {
+            name: "namesrv",
+            local,
+            max_connections,
+        };
+        let observer = self.ctx.metrics.accept_observer("namesrv");
+        let ctx = self.ctx.clone();
+        serve::serve(
+            listener,
+            config,
+            observer,
+            async move { ctx.drain_requested().await },
+            |stream, peer| self.clone().serve_connection(stream, peer),
+        )
+        .await;
     }
 
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
@@ -115,12 +134,19 @@ impl NameServerRole {
                                     break 'conn Some((format!("bad header: {e}"), "bad_header"))
                                 }
                             };
+                        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+                            if let Some(busy) = self.refuse_busy(&header, peer) {
+                                let _ = tx.send(busy).await;
+                            }
+                            continue;
+                        };
                         let this = self.clone();
                         let tx = tx.clone();
                         tokio::spawn(async move {
                             if let Some(answer) = this.handle_measured(header, frame).await {
                                 let _ = tx.send(answer).await;
                             }
+                            drop(permit);
                         });
                     }
                     Ok(None) => break,
@@ -172,6 +198,36 @@ impl NameServerRole {
                 let _ = writer.await;
             }
         }
+    }
+
+    /// Answers SYSTEM_BUSY (as a broker whose thread pool is full does) to a request that
+    /// found every in-flight place taken; `None` for a oneway request.
+    fn refuse_busy(&self, header: &Header, peer: SocketAddr) -> Option<Bytes> {
+        self.ctx
+            .metrics
+            .namesrv_requests_refused
+            .with_label_values(&["namesrv"])
+            .inc();
+        if let Some(suppressed) = self
+            .busy_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow()
+        {
+            tracing::warn!(%peer, code = header.code, max_inflight = self.max_inflight, suppressed, "name-server request refused: too many in flight; answered SYSTEM_BUSY");
+        }
+        if header.is_oneway() {
+            return None;
+        }
+        let reply = Header::response_to(
+            header,
+            response::SYSTEM_BUSY,
+            Some(format!(
+                "[OVERLOAD] rmq-sidecar: {} name-server requests in flight; try again",
+                self.max_inflight
+            )),
+        );
+        Some(reply.encode_frame(&[]))
     }
 
     /// [`Self::handle`] with request, response and latency metrics.

@@ -18,11 +18,11 @@ use tokio_util::codec::Decoder;
 
 use super::rename::FrameRewriter;
 use super::RelayContext;
-use crate::config::Target;
 use crate::metrics::{code_group, response_code_label, Metrics};
 use crate::protocol::code::request_name;
 use crate::protocol::{FrameDecoder, FrameError, HeaderError, RawFrame};
 use prometheus::IntCounter;
+use rmq_common::Target;
 
 /// How one direction of a relay ended.
 #[derive(Debug, thiserror::Error)]

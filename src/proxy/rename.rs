@@ -90,7 +90,7 @@ impl FrameRewriter {
                 if let Some(body) = map_broker_names(&frame.body(), &|n| {
                     self.renamer.to_upstream(n).map(str::to_owned)
                 }) {
-                    return Ok(replace_body(&frame, &body));
+                    return Ok(frame.with_body(&body));
                 }
             }
             return Ok(frame.into_bytes());
@@ -165,7 +165,7 @@ impl FrameRewriter {
                 if let Some(body) =
                     map_broker_names(&frame.body(), &|n| Some(self.renamer.to_client(n)))
                 {
-                    return Ok(replace_body(&frame, &body));
+                    return Ok(frame.with_body(&body));
                 }
             }
             return Ok(frame.into_bytes());
@@ -186,26 +186,13 @@ impl FrameRewriter {
             }
             request::RESET_CONSUMER_CLIENT_OFFSET => {
                 match map_broker_names(&frame.body(), &|n| Some(self.renamer.to_client(n))) {
-                    Some(body) => Ok(replace_body(&frame, &body)),
+                    Some(body) => Ok(frame.with_body(&body)),
                     None => Ok(frame.into_bytes()),
                 }
             }
             _ => Ok(frame.into_bytes()),
         }
     }
-}
-
-/// The same frame (header bytes untouched) with another body.
-fn replace_body(frame: &RawFrame, body: &[u8]) -> Bytes {
-    let header = frame.header_bytes();
-    let marked = frame.bytes()[4..8].to_vec();
-    let total = 4 + header.len() + body.len();
-    let mut out = Vec::with_capacity(4 + total);
-    out.extend_from_slice(&(total as u32).to_be_bytes());
-    out.extend_from_slice(&marked);
-    out.extend_from_slice(header);
-    out.extend_from_slice(body);
-    Bytes::from(out)
 }
 
 fn track(map: &Mutex<HashMap<i32, i32>>, opaque: i32, code: i32) {

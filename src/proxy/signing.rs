@@ -9,10 +9,11 @@ use serde::Serialize;
 
 use crate::acl::credentials::{CredentialStore, ReloadOutcome};
 use crate::acl::{sign_request, UniqueKeyRule};
-use crate::config::{Target, UniqueKeyRuleSetting};
+use crate::config::UniqueKeyRuleSetting;
 use crate::metrics::Metrics;
 use crate::protocol::Header;
-use crate::routing::now_ms;
+use rmq_common::clock::now_ms;
+use rmq_common::Target;
 
 /// MQVersion ordinal of V5_0_0: servers from here on apply the 5.x rule.
 const V5_0_0: i32 = 413;

@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::codec::Decoder;
 
 use super::Signer;
-use crate::config::Target;
 use crate::metrics::Metrics;
 use crate::protocol::{FrameDecoder, Header, RawFrame};
+use rmq_common::Target;
 
 /// Why no name server answered.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
-"""Fixtures for tests/deploy: the sidecar binary, its metric list, and a running sidecar.
+"""Fixtures for tests/deploy: the two binaries, their metric lists, and a running sidecar.
 
-The binary is $RMQ_SIDECAR_BIN, else target/debug/rmq-sidecar after `cargo build --locked`
-(cargo rebuilds only when src/ changed). Nothing here needs a RocketMQ cluster: the sidecar
+The binaries are $RMQ_SIDECAR_BIN / $RMQ_INJECTOR_BIN, else target/debug/rmq-sidecar and
+target/debug/rmq-injector after `cargo build --locked` (cargo rebuilds only what changed). Nothing here needs a RocketMQ cluster: the sidecar
 is pointed at name servers that do not exist (127.0.0.1:1 and :2) and serves its admin and
 health ports anyway (GET /ready is then 503).
 """
@@ -18,31 +18,41 @@ import pytest
 from deploy_support import REPO, Family, SidecarProcess
 
 
-@pytest.fixture(scope="session")
-def sidecar_bin() -> Path:
-    env_bin = os.environ.get("RMQ_SIDECAR_BIN")
+def built_binary(name: str, env_var: str) -> Path:
+    """$env_var, else target/debug/NAME after `cargo build --locked --bin NAME`."""
+    env_bin = os.environ.get(env_var)
     if env_bin:
         path = Path(env_bin)
         if not path.is_file():
-            pytest.fail(f"RMQ_SIDECAR_BIN={env_bin} does not exist")
+            pytest.fail(f"{env_var}={env_bin} does not exist")
         return path
-    path = REPO / "target" / "debug" / "rmq-sidecar"
+    path = REPO / "target" / "debug" / name
     cargo = shutil.which("cargo")
     if cargo:
-        r = subprocess.run([cargo, "build", "--locked", "--bin", "rmq-sidecar"], cwd=REPO,
+        r = subprocess.run([cargo, "build", "--locked", "--bin", name], cwd=REPO,
                            capture_output=True, text=True, timeout=1800)
         if r.returncode != 0:
             pytest.fail(f"cargo build failed:\n{r.stderr[-4000:]}")
     if not path.is_file():
-        pytest.fail(f"{path} does not exist (cargo build, or set RMQ_SIDECAR_BIN)")
+        pytest.fail(f"{path} does not exist (cargo build, or set {env_var})")
     return path
 
 
 @pytest.fixture(scope="session")
-def families(sidecar_bin: Path) -> dict[str, Family]:
-    """`rmq-sidecar list-metrics`: name -> Family. The source of truth for metric names."""
-    r = subprocess.run([str(sidecar_bin), "list-metrics"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, f"list-metrics exited {r.returncode}: {r.stderr}"
+def sidecar_bin() -> Path:
+    """The data plane: `rmq-sidecar`."""
+    return built_binary("rmq-sidecar", "RMQ_SIDECAR_BIN")
+
+
+@pytest.fixture(scope="session")
+def injector_bin() -> Path:
+    """The injector: `rmq-injector` (webhook, offline inject)."""
+    return built_binary("rmq-injector", "RMQ_INJECTOR_BIN")
+
+
+def list_metrics(binary: Path) -> dict[str, Family]:
+    r = subprocess.run([str(binary), "list-metrics"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, f"{binary.name} list-metrics exited {r.returncode}: {r.stderr}"
     out: dict[str, Family] = {}
     for line in r.stdout.splitlines():
         if not line.strip():
@@ -51,8 +61,24 @@ def families(sidecar_bin: Path) -> dict[str, Family]:
         assert len(parts) == 4, f"list-metrics line is not name<TAB>type<TAB>labels<TAB>help: {line!r}"
         name, kind, labels, help_text = parts
         out[name] = Family(name, kind, tuple(x for x in labels.split(",") if x), help_text)
-    assert out, "list-metrics printed nothing"
+    assert out, f"{binary.name} list-metrics printed nothing"
     return out
+
+
+@pytest.fixture(scope="session")
+def sidecar_families(sidecar_bin: Path) -> dict[str, Family]:
+    """`rmq-sidecar list-metrics`: what one sidecar's /metrics declares."""
+    return list_metrics(sidecar_bin)
+
+
+@pytest.fixture(scope="session")
+def families(sidecar_families: dict[str, Family], injector_bin: Path) -> dict[str, Family]:
+    """Both binaries' `list-metrics`: name -> Family. The source of truth for the metric names
+    the dashboard and the alert rules may use."""
+    injector = list_metrics(injector_bin)
+    both = set(sidecar_families) & set(injector)
+    assert not both, f"families declared by both binaries: {sorted(both)}"
+    return {**sidecar_families, **injector}
 
 
 @pytest.fixture(scope="module")

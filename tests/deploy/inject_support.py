@@ -1,5 +1,5 @@
 """Shared by the injector tests (test_inject.py, test_apiserver.py): webhook certificates
-from deploy/scripts/gen-webhook-certs.sh and one `rmq-sidecar inject-webhook` process."""
+from deploy/scripts/gen-webhook-certs.sh and one `rmq-injector webhook` process."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def gen_certs(out: Path) -> Path:
 
 
 class Webhook:
-    """One `rmq-sidecar inject-webhook` process."""
+    """One `rmq-injector webhook` process."""
 
     def __init__(self, binary: Path, workdir: Path, certs: Path, stages: str, policy: str,
                  sidecar_extra: str = "", https_port: int | None = None):
@@ -65,7 +65,7 @@ class Webhook:
             stages=stages, policy=policy) + sidecar_extra)
         self.log = workdir / "webhook.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("RMQ_SIDECAR_")}
-        self.proc = subprocess.Popen([str(binary), "inject-webhook", "--config", str(self.config)],
+        self.proc = subprocess.Popen([str(binary), "webhook", "--config", str(self.config)],
                                      stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env=env)
         deadline = time.time() + 20
         while time.time() < deadline:

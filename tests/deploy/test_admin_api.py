@@ -146,7 +146,7 @@ def test_operation_conforms_to_the_spec(method, path, st_run):
 # --------------------------------------------------------------------------- metrics
 
 
-def test_metrics_parse_and_follow_the_naming_rules(fresh_sidecar, families):
+def test_metrics_parse_and_follow_the_naming_rules(fresh_sidecar, sidecar_families):
     sc = fresh_sidecar()
     # Traffic so that the request, response, latency and rejected-frame families have samples:
     # a route query (answered SYSTEM_ERROR: the name server 127.0.0.1:1 does not exist) ...
@@ -174,7 +174,7 @@ def test_metrics_parse_and_follow_the_naming_rules(fresh_sidecar, families):
             problems.append(f"{fam.name}: not prefixed rmq_sidecar_")
         declared_name = fam.name + "_total" if fam.type == "counter" else fam.name
         seen.add(declared_name)
-        declared = families.get(declared_name)
+        declared = sidecar_families.get(declared_name)
         if declared is None:
             problems.append(f"{declared_name}: exported but not listed by `rmq-sidecar list-metrics`")
         elif declared.type != fam.type:
@@ -193,7 +193,8 @@ def test_metrics_parse_and_follow_the_naming_rules(fresh_sidecar, families):
     assert not problems, "\n".join(problems)
     expected = {"rmq_sidecar_requests_total", "rmq_sidecar_responses_total",
                 "rmq_sidecar_request_duration_seconds", "rmq_sidecar_frames_rejected_total",
-                "rmq_sidecar_route_target", "rmq_sidecar_switch_requests_total", "rmq_sidecar_build_info"}
+                "rmq_sidecar_route_target", "rmq_sidecar_switch_requests_total", "rmq_sidecar_build_info",
+                "rmq_sidecar_connections_refused_total", "rmq_sidecar_accept_failures_total"}
     assert expected <= seen, f"families without samples after traffic: {sorted(expected - seen)}"
 
 

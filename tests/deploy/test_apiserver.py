@@ -190,8 +190,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(api, sidecar_bin, tmp_path_factory):
-    c = Cluster(api, sidecar_bin, tmp_path_factory.mktemp("cluster"))
+def cluster(api, injector_bin, tmp_path_factory):
+    c = Cluster(api, injector_bin, tmp_path_factory.mktemp("cluster"))
     yield c
     c.hook.stop()
 
@@ -301,10 +301,10 @@ def test_post_start_mode_output_passes_pod_validation(cluster):
         cluster.start_injector("admit")
 
 
-def test_offline_inject_output_and_the_examples_are_accepted_by_the_api_server(cluster, sidecar_bin):
+def test_offline_inject_output_and_the_examples_are_accepted_by_the_api_server(cluster, injector_bin):
     api = cluster.api
     api.kubectl("apply", "-f", str(K8S / "examples" / "app-namespace.yaml"))
-    out = subprocess.run([str(sidecar_bin), "inject", "-f", str(EXAMPLE_APP), "--config",
+    out = subprocess.run([str(injector_bin), "inject", "-f", str(EXAMPLE_APP), "--config",
                           str(cluster.hook.config), "--route", "new"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     # Server-side dry run: full validation of the injected Deployment; the webhook sees no pod.

@@ -1,5 +1,5 @@
-"""The injector: `rmq-sidecar inject-webhook` over HTTPS with AdmissionReview v1 requests
-shaped like the API server's (tests/fixtures/inject/reviews), and `rmq-sidecar inject -f`.
+"""The injector: `rmq-injector webhook` over HTTPS with AdmissionReview v1 requests
+shaped like the API server's (tests/fixtures/inject/reviews), and `rmq-injector inject -f`.
 
 Every JSON patch the webhook returns is applied to the pod with Python's `jsonpatch` (an
 implementation independent of ours), the result is validated against the Kubernetes
@@ -93,17 +93,17 @@ def kube_api(certs):
 
 
 @pytest.fixture(scope="module")
-def admit_hook(sidecar_bin, tmp_path_factory, certs, kube_api):
+def admit_hook(injector_bin, tmp_path_factory, certs, kube_api):
     workdir = tmp_path_factory.mktemp("admit")
-    hook = Webhook(sidecar_bin, workdir, certs, fake_api_stages(kube_api, workdir), "admit")
+    hook = Webhook(injector_bin, workdir, certs, fake_api_stages(kube_api, workdir), "admit")
     yield hook
     hook.stop()
 
 
 @pytest.fixture(scope="module")
-def deny_hook(sidecar_bin, tmp_path_factory, certs, kube_api):
+def deny_hook(injector_bin, tmp_path_factory, certs, kube_api):
     workdir = tmp_path_factory.mktemp("deny")
-    hook = Webhook(sidecar_bin, workdir, certs, fake_api_stages(kube_api, workdir), "deny")
+    hook = Webhook(injector_bin, workdir, certs, fake_api_stages(kube_api, workdir), "deny")
     yield hook
     hook.stop()
 
@@ -243,8 +243,8 @@ def test_uninjectable_pods_follow_the_policy(admit_hook, deny_hook, case, reason
     assert denied["status"]["code"] == 403 and message in denied["status"]["message"], denied
 
 
-def test_post_start_mode_puts_the_sidecar_first_with_a_wait_ready_hook(sidecar_bin, tmp_path, certs, kube_api):
-    hook = Webhook(sidecar_bin, tmp_path, certs, fake_api_stages(kube_api, tmp_path), "admit", sidecar_extra='mode = "post-start"\n')
+def test_post_start_mode_puts_the_sidecar_first_with_a_wait_ready_hook(injector_bin, tmp_path, certs, kube_api):
+    hook = Webhook(injector_bin, tmp_path, certs, fake_api_stages(kube_api, tmp_path), "admit", sidecar_extra='mode = "post-start"\n')
     try:
         review = load_review("multi-container")
         pod = patched(review, hook.review(review))
@@ -322,12 +322,12 @@ def test_plain_http_to_the_tls_port_does_not_disturb_it(admit_hook):
 # === certificate rotation ===
 
 
-def test_certificate_rotation_is_picked_up_and_a_broken_one_is_refused(sidecar_bin, tmp_path, kube_api):
+def test_certificate_rotation_is_picked_up_and_a_broken_one_is_refused(injector_bin, tmp_path, kube_api):
     first = gen_certs(tmp_path / "first")
     second = gen_certs(tmp_path / "second")  # a different CA
     live = tmp_path / "live"
     shutil.copytree(first, live)
-    hook = Webhook(sidecar_bin, tmp_path / "hook", live, fake_api_stages(kube_api, tmp_path / "hook"), "admit")
+    hook = Webhook(injector_bin, tmp_path / "hook", live, fake_api_stages(kube_api, tmp_path / "hook"), "admit")
     try:
         review = load_review("opt-out")
         assert hook.post(json.dumps(review).encode(), cafile=first / "ca.crt")[0] == 200
@@ -357,7 +357,7 @@ def test_certificate_rotation_is_picked_up_and_a_broken_one_is_refused(sidecar_b
         hook.stop()
 
 
-# === offline: rmq-sidecar inject -f ===
+# === offline: rmq-injector inject -f ===
 
 
 def run_inject(binary: Path, config: Path, manifest: str, *args: str) -> subprocess.CompletedProcess:
@@ -365,9 +365,9 @@ def run_inject(binary: Path, config: Path, manifest: str, *args: str) -> subproc
                           input=manifest, capture_output=True, text=True, timeout=30)
 
 
-def test_offline_inject_of_the_example_app(sidecar_bin, admit_hook):
+def test_offline_inject_of_the_example_app(injector_bin, admit_hook):
     manifest = EXAMPLE_APP.read_text()
-    r = run_inject(sidecar_bin, admit_hook.config, manifest, "--route", "new")
+    r = run_inject(injector_bin, admit_hook.config, manifest, "--route", "new")
     assert r.returncode == 0, r.stderr
     docs = [d for d in yaml.safe_load_all(r.stdout) if d]
     before = [d for d in yaml.safe_load_all(manifest) if d]
@@ -386,9 +386,9 @@ def test_offline_inject_of_the_example_app(sidecar_bin, admit_hook):
     assert injected >= 1, "the example has no workload to inject"
     assert "injected" in r.stderr
     # Idempotent, and --route changes only the route annotation.
-    again = run_inject(sidecar_bin, admit_hook.config, r.stdout, "--route", "new")
+    again = run_inject(injector_bin, admit_hook.config, r.stdout, "--route", "new")
     assert again.returncode == 0 and again.stdout == r.stdout
-    back = run_inject(sidecar_bin, admit_hook.config, r.stdout, "--route", "old")
+    back = run_inject(injector_bin, admit_hook.config, r.stdout, "--route", "old")
     assert back.returncode == 0, back.stderr
     changed = [(a, b) for a, b in zip(yaml.safe_load_all(r.stdout), yaml.safe_load_all(back.stdout)) if a != b]
     assert len(changed) == injected, "--route old did not change every injected template"
@@ -398,26 +398,26 @@ def test_offline_inject_of_the_example_app(sidecar_bin, admit_hook):
         assert a == b, "--route changed more than the route annotation"
 
 
-def test_offline_inject_refuses_clearly(sidecar_bin, admit_hook, deny_hook, tmp_path):
-    r = run_inject(sidecar_bin, admit_hook.config, "kind: Deployment\n  bad: [indent\n")
+def test_offline_inject_refuses_clearly(injector_bin, admit_hook, deny_hook, tmp_path):
+    r = run_inject(injector_bin, admit_hook.config, "kind: Deployment\n  bad: [indent\n")
     assert r.returncode == 1 and "document 1: not valid YAML" in r.stderr, r.stderr
     conflict = yaml.safe_dump({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 9879}]}]}})
-    r = run_inject(sidecar_bin, deny_hook.config, conflict)
+    r = run_inject(injector_bin, deny_hook.config, conflict)
     assert r.returncode == 1 and "Pod/p" in r.stderr and "port 9879" in r.stderr, r.stderr
-    r = run_inject(sidecar_bin, admit_hook.config, conflict)
+    r = run_inject(injector_bin, admit_hook.config, conflict)
     assert r.returncode == 0 and "rocketmq-sidecar/inject-skipped: port-conflict" in r.stdout, r.stdout
     missing = tmp_path / "injector.toml"
     missing.write_text("[sidecar]\nimage = \"x\"\n")
-    r = run_inject(sidecar_bin, missing, conflict)
+    r = run_inject(injector_bin, missing, conflict)
     assert r.returncode == 64 and "sidecar.old_namesrv" in r.stderr, r.stderr
 
 
-def test_the_shipped_injector_config_is_accepted(sidecar_bin):
+def test_the_shipped_injector_config_is_accepted(injector_bin):
     """deploy/kubernetes/base/injector.toml names only keys the binary knows, with valid values."""
     config = REPO / "deploy" / "kubernetes" / "base" / "injector.toml"
-    r = subprocess.run([str(sidecar_bin), "inject", "-f", str(EXAMPLE_APP), "--config", str(config)],
+    r = subprocess.run([str(injector_bin), "inject", "-f", str(EXAMPLE_APP), "--config", str(config)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     workloads = [d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "Deployment"]
@@ -494,8 +494,8 @@ def test_the_injected_container_is_a_working_sidecar(sidecar_bin, tmp_path):
         proc.wait(timeout=15)
 
 
-def test_sigterm_keeps_answering_briefly_then_exits_cleanly(sidecar_bin, tmp_path, certs, kube_api):
-    hook = Webhook(sidecar_bin, tmp_path, certs, fake_api_stages(kube_api, tmp_path), "admit")
+def test_sigterm_keeps_answering_briefly_then_exits_cleanly(injector_bin, tmp_path, certs, kube_api):
+    hook = Webhook(injector_bin, tmp_path, certs, fake_api_stages(kube_api, tmp_path), "admit")
     started = time.time()
     hook.proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)

@@ -6,7 +6,7 @@
   ServiceMonitor, cert-manager Issuer/Certificate) validate against their CRDs' openAPIV3Schema
   (tests/deploy/schemas, see SOURCE.md) with jsonschema, unknown fields rejected likewise.
 * The manifests agree with the injector's contract and with each other: injector.toml has
-  exactly the contract's keys, the Deployment runs `inject-webhook` with that file, mounts the
+  exactly the contract's keys, the Deployment runs `rmq-injector webhook` with that file, mounts the
   TLS Secret where cert_file/key_file point, probes the health port; the webhook's selectors
   select what they should (evaluated on sample namespaces and pods); RBAC grants exactly the
   contract's verbs; the examples are selected by the webhook and the PodMonitor's job name
@@ -68,9 +68,9 @@ TLS_DIR = "/etc/rmq-sidecar-injector/tls"
 STAGES_CONFIGMAP = "rocketmq-sidecar-stages"
 
 #: Every key of injector.toml, from the contract (every key optional; the file lists all).
-#: Every key the binary knows (src/inject/config.rs); the shipped injector.toml lists them all.
+#: Every key the binary knows (crates/rmq-injector/src/config.rs); the shipped injector.toml lists them all.
 CONTRACT_KEYS = {
-    "webhook": {"listen", "health_listen", "cert_file", "key_file", "uninjectable"},
+    "webhook": {"listen", "health_listen", "max_connections", "cert_file", "key_file", "uninjectable"},
     "stages": {"configmap", "kube_api", "ca_file", "token_file", "timeout_ms"},
     "sidecar": {"image", "image_pull_policy", "mode", "old_namesrv", "new_namesrv", "default_target",
                 "old_credentials_secret", "new_credentials_secret", "java_tool_options", "cpu_request",
@@ -338,8 +338,11 @@ def test_injector_deployment(base, injector_toml):
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
     c = injector_container(dep)
     assert spec["replicas"] == 2
-    assert c.get("args") == ["inject-webhook", "--config", INJECTOR_CONFIG_PATH] and "command" not in c, \
+    assert c.get("args") == ["webhook", "--config", INJECTOR_CONFIG_PATH] and "command" not in c, \
         f"the image's ENTRYPOINT is the binary; args must be the subcommand: {c.get('args')}"
+    assert c["image"].rsplit(":", 1)[0].endswith("/rmq-injector"), \
+        f"the injector runs the injector image (deploy/Dockerfile --target injector), not {c['image']}"
+    assert c["image"] != injector_toml["sidecar"]["image"], "the injector image is not the sidecar image"
 
     # injector.toml comes from the generated ConfigMap.
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
@@ -757,10 +760,24 @@ def test_dockerfile_says_it_is_not_built_here():
     assert "NOT BUILT" in head, "the Dockerfile's top comment must say it is not built in CI"
 
 
-def test_dockerfile_runtime_is_distroless_nonroot_and_runs_the_built_binary():
+def workspace_bins() -> dict[str, Path]:
+    """[[bin]] name -> package directory, over every member of the Cargo workspace."""
+    root = tomllib.loads((REPO / "Cargo.toml").read_text())
+    out = {}
+    for member in root["workspace"]["members"]:
+        cargo = tomllib.loads((REPO / member / "Cargo.toml").read_text())
+        for b in cargo.get("bin", []):
+            out[b["name"]] = REPO / member
+    return out
+
+
+@pytest.mark.parametrize("target,binary", [("sidecar", "rmq-sidecar"), ("injector", "rmq-injector")])
+def test_dockerfile_target_is_distroless_nonroot_and_runs_its_built_binary(target, binary):
     stages = dockerfile_stages()
-    assert len(stages) >= 2, "expected a builder and a runtime stage"
-    builder, runtime = stages[0], stages[-1]
+    builder = stages[0]
+    by_name = {s["as"]: s for s in stages if s["as"]}
+    assert target in by_name, f"no stage `AS {target}` (build it with --target {target})"
+    runtime = by_name[target]
     assert builder["from"] == "rust:1.95-bookworm" and builder["as"]
     assert runtime["from"].startswith("gcr.io/distroless/") and runtime["from"].endswith(":nonroot"), runtime["from"]
     # Same Debian release (glibc) in both stages.
@@ -770,27 +787,35 @@ def test_dockerfile_runtime_is_distroless_nonroot_and_runs_the_built_binary():
     assert users and users[-1].split(":")[0] in ("65532", "nonroot"), f"USER {users}"
     entry = json.loads(ins["ENTRYPOINT"])
     assert isinstance(entry, list) and entry[0].startswith("/"), "ENTRYPOINT must be exec form with an absolute path"
+    assert Path(entry[0]).name == binary, f"the {target} image runs {entry[0]}, not {binary}"
 
-    # The builder builds exactly the [[bin]] that ENTRYPOINT runs.
-    bins = {b["name"] for b in tomllib.loads((REPO / "Cargo.toml").read_text()).get("bin", [])}
+    # The builder builds the [[bin]] that ENTRYPOINT runs.
+    bins = workspace_bins()
     runs = " ".join(a for k, a in builder["instructions"] if k == "RUN")
-    m = re.search(r"cargo build --release --locked --bin (\S+)", runs)
-    assert m, f"the builder must run `cargo build --release --locked --bin NAME`: {runs}"
-    bin_name = m.group(1)
-    assert bin_name in bins, f"--bin {bin_name} is not a [[bin]] of Cargo.toml ({bins})"
-    assert Path(entry[0]).name == bin_name, f"ENTRYPOINT {entry[0]} is not the built binary {bin_name}"
-    assert f"target/release/{bin_name}" in runs or any(
-        f"target/release/{bin_name}" in a for k, a in builder["instructions"] if k == "COPY")
+    m = re.search(r"cargo build --release --locked((?: --bin \S+)+)", runs)
+    assert m, f"the builder must run `cargo build --release --locked --bin NAME...`: {runs}"
+    built = m.group(1).split()[1::2]
+    assert binary in built, f"the builder does not build {binary}: {built}"
+    assert binary in bins, f"--bin {binary} is not a [[bin]] of the workspace ({sorted(bins)})"
+    assert f"target/release/{binary}" in runs
     copies = [a.split() for k, a in runtime["instructions"] if k == "COPY"]
-    assert any(c[0] == f"--from={builder['as']}" and Path(c[-2]).name == bin_name and c[-1] == entry[0]
-               for c in copies), f"the runtime stage must COPY --from={builder['as']} the binary to {entry[0]}"
+    assert any(c[0] == f"--from={builder['as']}" and Path(c[-2]).name == binary and c[-1] == entry[0]
+               for c in copies), f"the {target} stage must COPY --from={builder['as']} the binary to {entry[0]}"
+    # The image holds one binary: the other one stays out of it.
+    assert len(copies) == 1, f"the {target} stage copies more than its binary: {copies}"
+
+
+def test_dockerfile_default_target_is_the_sidecar():
+    assert dockerfile_stages()[-1]["as"] == "sidecar", "a plain `docker build` must give the sidecar image"
 
 
 def test_dockerignore_keeps_what_cargo_needs():
     patterns = [p.strip().rstrip("/") for p in (REPO / ".dockerignore").read_text().splitlines()
                 if p.strip() and not p.startswith("#")]
     cargo = tomllib.loads((REPO / "Cargo.toml").read_text())
-    needed = ["Cargo.toml", "Cargo.lock", "src"] + [f"benches/{b['name']}.rs" for b in cargo.get("bench", [])]
+    needed = (["Cargo.toml", "Cargo.lock", "src"] + [f"benches/{b['name']}.rs" for b in cargo.get("bench", [])]
+              + [f"{m}/Cargo.toml" for m in cargo["workspace"]["members"] if m != "."]
+              + [f"{m}/src" for m in cargo["workspace"]["members"] if m != "."])
     for path in needed:
         parts = Path(path).parts
         prefixes = {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}

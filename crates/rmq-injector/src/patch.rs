@@ -7,44 +7,22 @@
 
 use serde_json::{json, Map, Value};
 
-use super::config::{SidecarMode, SidecarTemplate};
-use crate::config::env;
+use crate::config::{SidecarMode, SidecarTemplate};
+use rmq_common::contract::env;
 
-/// Name of the injected container.
-pub const SIDECAR_NAME: &str = "rmq-sidecar";
-/// Namespace/pod label that opts in (`enabled`) or a pod out (`disabled`).
-pub const INJECT_LABEL: &str = "rocketmq-sidecar/inject";
-/// Label on every injected pod (PodMonitor selects it).
-pub const INJECTED_LABEL: &str = "rocketmq-sidecar/injected";
-/// Label on a pod that was admitted without the sidecar; the value says why.
-pub const SKIPPED_LABEL: &str = "rocketmq-sidecar/inject-skipped";
-/// Annotation with the full reason a pod was admitted without the sidecar.
-pub const SKIPPED_DETAIL_ANNOTATION: &str = "rocketmq-sidecar/inject-skipped-detail";
-/// Annotation describing what was injected (JSON).
-pub const STATUS_ANNOTATION: &str = "rocketmq-sidecar/status";
-/// Annotation the sidecar follows for its route (the default `route_annotation`).
-pub const ROUTE_ANNOTATION: &str = "rocketmq-sidecar/route";
-/// Pod annotation that overrides `java_tool_options` for one workload ("true"/"false").
-pub const JAVA_TOOL_OPTIONS_ANNOTATION: &str = "rocketmq-sidecar/java-tool-options";
+use rmq_common::contract::{CREDENTIALS_DIR, PODINFO_DIR, STATE_DIR};
+pub use rmq_common::contract::{
+    HEALTH_PORT, INJECTED_LABEL, INJECT_LABEL, JAVA_TOOL_OPTIONS_ANNOTATION, NAMESRV_ADDR,
+    ROUTE_ANNOTATION, SIDECAR_BINARY as BINARY, SIDECAR_NAME, SIDECAR_PORTS,
+    SKIPPED_DETAIL_ANNOTATION, SKIPPED_LABEL, STATUS_ANNOTATION,
+};
 
 /// Why a pod on the host network gets no sidecar (label value `host-network`).
 pub const HOST_NETWORK_DETAIL: &str =
     "the pod uses the host network, where the sidecar's ports would clash on the node";
 
-/// The app's name server: the sidecar's namesrv listener.
-pub const NAMESRV_ADDR: &str = "127.0.0.1:9876";
-/// The sidecar's health port (probes, Prometheus, GET /route).
-pub const HEALTH_PORT: u16 = 9879;
-/// Ports the sidecar listens on inside the pod's network namespace.
-pub const SIDECAR_PORTS: [u16; 3] = [9876, 9878, HEALTH_PORT];
-/// Binary path in the sidecar image (deploy/Dockerfile).
-pub const BINARY: &str = "/rmq-sidecar";
-
 const STATE_VOLUME: &str = "rmq-sidecar-state";
-const STATE_DIR: &str = "/var/run/rmq-sidecar";
 const PODINFO_VOLUME: &str = "rmq-sidecar-podinfo";
-const PODINFO_DIR: &str = "/etc/rmq-sidecar/podinfo";
-const CREDENTIALS_DIR: &str = "/var/run/secrets/rocketmq-sidecar";
 const JAVA_NAMESRV_PROPERTY: &str = "-Drocketmq.namesrv.addr=";
 
 /// What the pod is, before anything is changed.
@@ -482,7 +460,7 @@ fn array_at_map<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Val
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inject::config::InjectorConfig;
+    use crate::config::InjectorConfig;
 
     fn template(extra: &str) -> SidecarTemplate {
         InjectorConfig::parse(&format!(

@@ -3,7 +3,7 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-use crate::metrics::{describe, encode_text, FamilyInfo};
+use rmq_common::metrics::{describe, encode_text, FamilyInfo};
 
 /// Every injector metric family.
 #[derive(Clone)]
@@ -19,6 +19,8 @@ pub struct InjectorMetrics {
     pub stage_lookups: IntCounterVec,
     /// `rmq_sidecar_injector_cert_reloads_total{result}`.
     pub cert_reloads: IntCounterVec,
+    /// `rmq_sidecar_injector_connections_refused_total{listener}`.
+    pub connections_refused: IntCounterVec,
 }
 
 impl InjectorMetrics {
@@ -50,6 +52,14 @@ impl InjectorMetrics {
             "Serving certificate loads after a file change, by result (ok, error).",
             "result",
         )?;
+        let connections_refused = counter(
+            "rmq_sidecar_injector_connections_refused_total",
+            "Connections closed at accept because the listener (webhook, health) was at its connection cap.",
+            "listener",
+        )?;
+        for l in ["webhook", "health"] {
+            connections_refused.with_label_values(&[l]);
+        }
         let admission_duration = HistogramVec::new(
             HistogramOpts::new(
                 "rmq_sidecar_injector_admission_duration_seconds",
@@ -68,10 +78,11 @@ impl InjectorMetrics {
             malformed,
             stage_lookups,
             cert_reloads,
+            connections_refused,
         })
     }
 
-    /// Every family as (name, type, help, label names), for `rmq-sidecar list-metrics`.
+    /// Every family as (name, type, help, label names), for `rmq-injector list-metrics`.
     pub fn families(&self) -> Vec<FamilyInfo> {
         use prometheus::core::Collector;
         let mut descs = Vec::new();
@@ -80,6 +91,7 @@ impl InjectorMetrics {
             &self.malformed,
             &self.stage_lookups,
             &self.cert_reloads,
+            &self.connections_refused,
         ] {
             descs.extend(c.desc().into_iter().map(|d| (d, "counter")));
         }

@@ -1,4 +1,4 @@
-//! `rmq-sidecar inject-webhook`: the mutating admission webhook.
+//! `rmq-injector webhook`: the mutating admission webhook.
 //!
 //! HTTPS (`webhook.listen`): `POST /inject` takes an AdmissionReview v1 and answers one,
 //! always 200 for a review with a uid (allowed with a JSON patch, or denied per
@@ -6,28 +6,23 @@
 //! Plain HTTP (`webhook.health_listen`): `GET /live`, `GET /ready` (a certificate is
 //! loaded), `GET /metrics`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use rmq_common::http::{self, Body, BodyRefusal, Http1Limits};
+use rmq_common::serve::{self, AcceptConfig};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::config::InjectorConfig;
-use super::kube::KubeClient;
-use super::metrics::InjectorMetrics;
-use super::review::{self, Outcome, StageResult};
-use super::tls::{self, Reload, ReloadingCert};
-use crate::admin::{error, json_response, text};
+use crate::config::InjectorConfig;
+use crate::kube::KubeClient;
+use crate::metrics::InjectorMetrics;
+use crate::review::{self, Outcome, StageResult};
+use crate::tls::{self, Reload, ReloadingCert};
+use rmq_common::http::{error, json_response, text};
 
 /// Largest accepted review (a pod is at most ~1.5 MiB in etcd).
 const MAX_REVIEW_BYTES: usize = 8 << 20;
@@ -35,6 +30,8 @@ const MAX_REVIEW_BYTES: usize = 8 << 20;
 const CERT_POLL: Duration = Duration::from_secs(2);
 /// A TLS handshake that takes longer is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The webhook could not start.
 #[derive(Debug, thiserror::Error)]
@@ -142,18 +139,21 @@ fn reload_cert(cert: &ReloadingCert, metrics: &InjectorMetrics) {
 }
 
 async fn serve_https(state: Arc<Webhook>, listener: TcpListener, acceptor: TlsAcceptor) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let config = AcceptConfig {
+        name: "webhook",
+        local: state.config.listen,
+        max_connections: state.config.max_connections,
+    };
+    let observer = accept_observer(&state.metrics, "webhook");
+    let limits = Http1Limits {
+        max_body: MAX_REVIEW_BYTES,
+        header_timeout: HEADER_TIMEOUT,
+    };
+    let forever = std::future::pending::<()>();
+    serve::serve(listener, config, observer, forever, move |stream, peer| {
         let state = state.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -165,66 +165,78 @@ async fn serve_https(state: Arc<Webhook>, listener: TcpListener, acceptor: TlsAc
                     return;
                 }
             };
-            let service = service_fn(move |req| {
+            let refused = state.clone();
+            let handler = move |req: Request<Bytes>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle_https(&state, req).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "webhook connection error");
-            }
-        });
-    }
+                async move { handle_https(&state, req).await }
+            };
+            http::serve_connection(tls, limits, handler, move |refusal: &BodyRefusal| {
+                let reason = match refusal {
+                    BodyRefusal::TooLarge => "too_large",
+                    BodyRefusal::Unreadable(_) => "unreadable",
+                };
+                refused.metrics.malformed.with_label_values(&[reason]).inc();
+                tracing::warn!(?refusal, "admission review body refused");
+            })
+            .await;
+        }
+    })
+    .await;
 }
 
 async fn serve_health(state: Arc<Webhook>, listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+    let config = AcceptConfig {
+        name: "health",
+        local: state.config.health_listen,
+        max_connections: state.config.max_connections,
+    };
+    let observer = accept_observer(&state.metrics, "health");
+    let limits = Http1Limits {
+        max_body: 64 * 1024,
+        header_timeout: HEADER_TIMEOUT,
+    };
+    let forever = std::future::pending::<()>();
+    serve::serve(listener, config, observer, forever, move |stream, _peer| {
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                async move {
-                    Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
-                        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-                        (&Method::GET, "/ready") if state.cert.is_loaded() => {
-                            text(StatusCode::OK, "ready\n")
-                        }
-                        (&Method::GET, "/ready") => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: no usable serving certificate (see the log)\n",
-                        ),
-                        (&Method::GET, "/metrics") => {
-                            let (body, content_type) = state.metrics.encode();
-                            let mut r = Response::new(Full::new(Bytes::from(body)));
-                            if let Ok(v) = content_type.parse() {
-                                r.headers_mut().insert(CONTENT_TYPE, v);
-                            }
-                            r
-                        }
-                        (_, "/live" | "/ready" | "/metrics") => {
-                            error(StatusCode::METHOD_NOT_ALLOWED, "GET only")
-                        }
-                        _ => error(
-                            StatusCode::NOT_FOUND,
-                            "not found; try /live, /ready, /metrics",
-                        ),
-                    })
-                }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        let handler = move |req: Request<Bytes>| {
+            let state = state.clone();
+            async move { handle_health(&state, &req) }
+        };
+        http::serve_connection(stream, limits, handler, |_| {})
+    })
+    .await;
+}
+
+fn accept_observer(metrics: &InjectorMetrics, listener: &'static str) -> serve::AcceptObserver {
+    let refused = metrics.connections_refused.with_label_values(&[listener]);
+    Arc::new(move |event| {
+        if event == serve::AcceptEvent::Refused {
+            refused.inc();
+        }
+    })
+}
+
+fn handle_health(state: &Webhook, req: &Request<Bytes>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/ready") if state.cert.is_loaded() => text(StatusCode::OK, "ready\n"),
+        (&Method::GET, "/ready") => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no usable serving certificate (see the log)\n",
+        ),
+        (&Method::GET, "/metrics") => {
+            let (body, content_type) = state.metrics.encode();
+            http::with_content_type(body, &content_type)
+        }
+        (_, "/live" | "/ready" | "/metrics") => error(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not found; try /live, /ready, /metrics",
+        ),
     }
 }
 
-async fn handle_https(state: &Webhook, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle_https(state: &Webhook, req: Request<Bytes>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/inject") => {}
         (&Method::GET, "/live") => return text(StatusCode::OK, "live\n"),
@@ -237,25 +249,7 @@ async fn handle_https(state: &Webhook, req: Request<Incoming>) -> Response<Full<
         }
     }
     let started = Instant::now();
-    let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let too_large = e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            let (status, reason) = if too_large {
-                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
-            } else {
-                (StatusCode::BAD_REQUEST, "unreadable")
-            };
-            state.metrics.malformed.with_label_values(&[reason]).inc();
-            tracing::warn!(error = %e, "admission review body refused");
-            return error(status, &format!("cannot read the review: {e}"));
-        }
-    };
+    let body = req.into_body();
     let request = match review::parse(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -341,7 +335,7 @@ async fn lookup_stage(state: &Webhook, request: &review::Request) -> StageResult
             count("absent");
             StageResult::None
         }
-        Ok(Some((key, value))) => match crate::annotation::parse_route_value(value.trim()) {
+        Ok(Some((key, value))) => match rmq_common::contract::parse_route_value(value.trim()) {
             Ok(target) => {
                 count("found");
                 StageResult::Found(target.as_str().to_owned())

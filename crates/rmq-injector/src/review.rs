@@ -4,10 +4,10 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::config::{SidecarTemplate, Uninjectable};
-use super::diff::json_patch;
-use super::patch::{self, Assessment, PodInputs, Refusal};
-use super::workload::{workload_of, Workload};
+use crate::config::{SidecarTemplate, Uninjectable};
+use crate::diff::json_patch;
+use crate::patch::{self, Assessment, PodInputs, Refusal};
+use crate::workload::{workload_of, Workload};
 
 /// A review that cannot be answered as a review (no uid to answer to).
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! `rmq-sidecar inject -f manifest.yaml`: the webhook's injection applied to the pod
+//! `rmq-injector inject -f manifest.yaml`: the webhook's injection applied to the pod
 //! templates of a manifest, for GitOps pipelines (as `istioctl kube-inject` does).
 //!
 //! Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob and List documents
@@ -7,9 +7,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::config::{SidecarTemplate, Uninjectable};
-use super::patch::{self, Assessment, PodInputs};
-use super::workload::{workload_of, workload_of_manifest};
+use crate::config::{SidecarTemplate, Uninjectable};
+use crate::patch::{self, Assessment, PodInputs};
+use crate::workload::{workload_of, workload_of_manifest};
 
 /// A manifest that cannot be injected.
 #[derive(Debug, thiserror::Error)]

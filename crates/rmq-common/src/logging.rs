@@ -8,7 +8,43 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
-use crate::config::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+// === impl LogFormat ===
+
+impl LogFormat {
+    /// Parses "text" or "json" (surrounding blanks ignored).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    /// "text" or "json".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Checks a filter directive without installing anything: what `rmq-sidecar check` and
+/// start-up both run, so a filter `check` accepts is one the process starts with.
+pub fn validate_filter(filter: &str) -> Result<(), String> {
+    EnvFilter::try_new(filter.trim())
+        .map(|_| ())
+        .map_err(|e| format!("'{filter}' is not a log filter ({e}); e.g. \"info\" or \"info,rocketmq_sidecar=debug\""))
+}
 
 /// The live log filter.
 #[derive(Debug)]
@@ -22,7 +58,8 @@ pub struct LogControl {
 impl LogControl {
     /// Installs the global subscriber with `filter` and `format`.
     pub fn init(filter: &str, format: LogFormat) -> Result<Self, String> {
-        let env_filter = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        validate_filter(filter)?;
+        let env_filter = EnvFilter::try_new(filter.trim()).map_err(|e| e.to_string())?;
         let (filter_layer, handle) = reload::Layer::new(env_filter);
         let ansi = std::io::stderr().is_terminal();
         let output = match format {
@@ -74,5 +111,19 @@ impl LogControl {
         handle.reload(parsed).map_err(|e| e.to_string())?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = filter.trim().to_owned();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_checked_before_anything_is_installed() {
+        assert!(validate_filter("info,rocketmq_sidecar=debug").is_ok());
+        let e = validate_filter("x=y=z==").unwrap_err();
+        assert!(e.contains("'x=y=z=='") && e.contains("e.g."), "{e}");
+        assert_eq!(LogFormat::parse(" json "), Some(LogFormat::Json));
+        assert_eq!(LogFormat::parse("yaml"), None);
     }
 }

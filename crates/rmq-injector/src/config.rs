@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Target;
+use rmq_common::Target;
 
 /// A configuration error naming the key and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,8 @@ pub struct InjectorConfig {
     pub listen: SocketAddr,
     /// Plain HTTP listener for `/live`, `/ready`, `/metrics`.
     pub health_listen: SocketAddr,
+    /// Most connections open at once on each of the two listeners.
+    pub max_connections: usize,
     /// PEM certificate chain served by the webhook.
     pub cert_file: PathBuf,
     /// PEM private key of `cert_file`.
@@ -148,6 +150,7 @@ struct InjectorFile {
 struct WebhookFile {
     listen: String,
     health_listen: String,
+    max_connections: u64,
     cert_file: String,
     key_file: String,
     uninjectable: String,
@@ -158,6 +161,7 @@ impl Default for WebhookFile {
         Self {
             listen: "0.0.0.0:8443".into(),
             health_listen: "0.0.0.0:9880".into(),
+            max_connections: 256,
             cert_file: "/etc/rmq-sidecar-injector/tls/tls.crt".into(),
             key_file: "/etc/rmq-sidecar-injector/tls/tls.key".into(),
             uninjectable: "admit".into(),
@@ -233,7 +237,7 @@ impl Default for SidecarFile {
 }
 
 /// Default name of the stage ConfigMap (one per application namespace).
-pub const STAGES_CONFIGMAP: &str = "rocketmq-sidecar-stages";
+pub const STAGES_CONFIGMAP: &str = rmq_common::contract::STAGES_CONFIGMAP;
 
 // === impl InjectorConfig ===
 
@@ -257,6 +261,15 @@ impl InjectorConfig {
         Ok(Self {
             listen: socket("webhook.listen", &w.listen)?,
             health_listen: socket("webhook.health_listen", &w.health_listen)?,
+            max_connections: match w.max_connections {
+                n @ 1..=100_000 => n as usize,
+                n => {
+                    return Err(invalid(
+                        "webhook.max_connections",
+                        format!("{n} is outside 1..=100000"),
+                    ))
+                }
+            },
             cert_file: path_key("webhook.cert_file", &w.cert_file)?,
             key_file: path_key("webhook.key_file", &w.key_file)?,
             uninjectable: match w.uninjectable.as_str() {
@@ -409,7 +422,7 @@ fn dns_name(key: &'static str, name: &str) -> Result<String, InjectorConfigError
 
 /// `host:port;host:port`, as the sidecar's `RMQ_SIDECAR_*_NAMESRV` takes it.
 fn namesrv_list(key: &'static str, value: &str) -> Result<String, InjectorConfigError> {
-    match crate::config::parse_namesrv_list(value) {
+    match rmq_common::contract::parse_namesrv_list(value) {
         Ok(list) if list.is_empty() => Err(invalid(
             key,
             "required: the cluster's name servers, \"host:port;host:port\"".into(),

@@ -1,0 +1,401 @@
+//! The admin and health HTTP servers.
+//!
+//! The endpoints are the table [`endpoints::ENDPOINTS`] (`GET /` on the admin port lists
+//! it; `deploy/admin-openapi.yaml` is the contract, tested against the running server).
+//! The admin port serves them all; the health port serves the reads marked `on_health`
+//! and answers 405 to anything else on those paths, 404 elsewhere.
+//!
+//! Mutations are accepted from loopback peers only, or, when `admin.token_file` is set,
+//! from any peer that sends `Authorization: Bearer <token>` (loopback then needs it too).
+//! Every mutation is logged and counted (`rmq_sidecar_admin_mutations_total`).
+//!
+//! [`handle`] answers one request held in memory (`Request<Bytes>`), so it is tested
+//! without sockets; [`serve`] runs it behind the shared accept loop and HTTP/1.1 server.
+
+pub mod endpoints;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION};
+use hyper::{Request, Response, StatusCode};
+use rmq_common::http::{self, error, json_object, json_response, text, Body, Http1Limits};
+use rmq_common::logging::LogControl;
+use rmq_common::serve::{self, AcceptConfig};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use endpoints::{Action, Endpoint, Port, ENDPOINTS};
+
+use crate::annotation::AnnotationWatch;
+use crate::config::Config;
+use crate::health::Health;
+use crate::proxy::check;
+use crate::proxy::listeners::ListenerRegistry;
+use crate::proxy::RelayContext;
+use crate::routing::{RouteSwitch, SwitchError};
+use rmq_common::Target;
+
+/// Largest accepted request body (a larger one is answered 413).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Longest time a client may take to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State the HTTP handlers read and change.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Configuration (for cluster details).
+    pub config: Arc<Config>,
+    /// The pod's route.
+    pub route: Arc<RouteSwitch>,
+    /// Readiness and upstream health.
+    pub health: Arc<Health>,
+    /// Broker listeners.
+    pub listeners: Arc<ListenerRegistry>,
+    /// Clusters and connections.
+    pub ctx: Arc<RelayContext>,
+    /// The live log filter.
+    pub log: Arc<LogControl>,
+    /// Set to true by `POST /shutdown` (when enabled).
+    pub shutdown: watch::Sender<bool>,
+    /// The followed pod annotation, if configured; while valid it owns the route.
+    pub annotation: Option<Arc<AnnotationWatch>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLevelUpdate {
+    filter: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteUpdate {
+    target: String,
+}
+
+/// Serves HTTP/1.1 on `listener` (`port` decides what is served) until `shutdown`.
+pub async fn serve(
+    state: Arc<AdminState>,
+    listener: TcpListener,
+    port: Port,
+    max_connections: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let name = match port {
+        Port::Admin => "admin",
+        Port::Health => "health",
+    };
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let config = AcceptConfig {
+        name,
+        local,
+        max_connections,
+    };
+    let observer = state.ctx.metrics.accept_observer(name);
+    let limits = Http1Limits {
+        max_body: MAX_BODY,
+        header_timeout: HEADER_TIMEOUT,
+    };
+    serve::serve(listener, config, observer, shutdown, move |stream, peer| {
+        let state = state.clone();
+        async move {
+            let handler = move |req: Request<Bytes>| {
+                let state = state.clone();
+                async move { handle(&state, port, peer, req).await }
+            };
+            http::serve_connection(stream, limits, handler, |_| {}).await;
+        }
+    })
+    .await;
+}
+
+/// Answers one request.
+pub async fn handle(
+    state: &AdminState,
+    port: Port,
+    peer: SocketAddr,
+    req: Request<Bytes>,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let endpoint = match endpoints::route(port, req.method().as_str(), &path) {
+        endpoints::Route::Serve(e) => e,
+        endpoints::Route::WrongMethod => {
+            let allowed = endpoints::allowed(port, &path).join(", ");
+            let message = match port {
+                Port::Health => format!(
+                    "the health port is read-only ({allowed} {path}); send mutations to the admin port"
+                ),
+                Port::Admin => format!("{} is not allowed on {path}; use {allowed}", req.method()),
+            };
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, &message);
+            if let Ok(v) = HeaderValue::from_str(&allowed) {
+                r.headers_mut().insert(ALLOW, v);
+            }
+            return r;
+        }
+        endpoints::Route::NotFound => {
+            let message = match port {
+                Port::Health => format!(
+                    "no endpoint {path} on the health port (it serves {})",
+                    endpoints::health_paths().join(", ")
+                ),
+                Port::Admin => format!("no endpoint {path}; GET / on the admin port lists them"),
+            };
+            return error(StatusCode::NOT_FOUND, &message);
+        }
+    };
+    if let Some(label) = endpoint.mutation {
+        if let Some(refusal) = authorize(state, peer, &req) {
+            count(state, label, "unauthorized");
+            return refusal;
+        }
+        let (response, outcome) = mutate(state, endpoint.action, peer, req.body()).await;
+        if endpoint.action == Action::PutRoute {
+            state
+                .ctx
+                .metrics
+                .switch_requests
+                .with_label_values(&[outcome])
+                .inc();
+        }
+        count(state, label, outcome);
+        return response;
+    }
+    read(state, endpoint.action)
+}
+
+/// Answers a read.
+fn read(state: &AdminState, action: Action) -> Response<Body> {
+    match action {
+        Action::Index => json_response(StatusCode::OK, index_json()),
+        Action::Live => text(StatusCode::OK, "live\n"),
+        Action::Ready if state.health.is_ready() => text(StatusCode::OK, "ready\n"),
+        Action::Ready => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the target cluster's name server has not answered yet\n",
+        ),
+        Action::GetRoute => json_response(StatusCode::OK, views::route_json(state)),
+        Action::Metrics => {
+            let (body, content_type) = state.ctx.metrics.encode();
+            http::with_content_type(body, &content_type)
+        }
+        Action::Config => json_response(StatusCode::OK, views::config_json(&state.config)),
+        Action::Connections => json_response(StatusCode::OK, views::connections_json(state)),
+        Action::GetLogLevel => json_response(StatusCode::OK, json!({ "filter": state.log.get() })),
+        Action::Listeners => json_response(
+            StatusCode::OK,
+            json!({ "listeners": state.listeners.mappings() }),
+        ),
+        Action::PutRoute
+        | Action::PutLogLevel
+        | Action::CheckCredentials
+        | Action::Drain
+        | Action::Shutdown => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a mutation was routed as a read (a bug)",
+        ),
+    }
+}
+
+/// Carries out an authorized mutation: the response and its outcome label.
+async fn mutate(
+    state: &AdminState,
+    action: Action,
+    peer: SocketAddr,
+    body: &[u8],
+) -> (Response<Body>, &'static str) {
+    match action {
+        Action::PutRoute => put_route(state, peer, body),
+        Action::PutLogLevel => put_log_level(state, peer, body),
+        Action::CheckCredentials => {
+            for cluster in &state.ctx.clusters {
+                let cfg = &state.config;
+                check::run(cluster, cfg.namesrv_timeout, cfg.frame_max_bytes).await;
+            }
+            tracing::info!(%peer, "credential check run on request");
+            let body = views::credentials_json(state);
+            (json_response(StatusCode::OK, body), "applied")
+        }
+        Action::Drain => {
+            let already = state.ctx.draining.send_replace(true);
+            tracing::info!(%peer, already_draining = already, open = state.ctx.conns.count(), "POST /drain: no new app connections; idle ones are closed");
+            let body = json!({ "draining": true, "client_connections": state.ctx.conns.count() });
+            let outcome = if already { "unchanged" } else { "applied" };
+            (json_response(StatusCode::ACCEPTED, body), outcome)
+        }
+        Action::Shutdown => {
+            if !state.config.enable_shutdown {
+                tracing::info!(%peer, "POST /shutdown refused: not enabled");
+                let message = "shutdown is disabled; set admin.enable_shutdown = true (or RMQ_SIDECAR_ENABLE_SHUTDOWN=true)";
+                return (error(StatusCode::FORBIDDEN, message), "refused");
+            }
+            tracing::info!(%peer, "POST /shutdown: draining, then exiting");
+            state.shutdown.send_replace(true);
+            let body = json!({ "shutting_down": true });
+            (json_response(StatusCode::ACCEPTED, body), "applied")
+        }
+        Action::Index
+        | Action::Live
+        | Action::Ready
+        | Action::GetRoute
+        | Action::Metrics
+        | Action::Config
+        | Action::Connections
+        | Action::GetLogLevel
+        | Action::Listeners => (
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a read was routed as a mutation (a bug)",
+            ),
+            "failed",
+        ),
+    }
+}
+
+fn put_route(state: &AdminState, peer: SocketAddr, body: &[u8]) -> (Response<Body>, &'static str) {
+    let update: RouteUpdate = match json_object(body) {
+        Ok(u) => u,
+        Err(e) => {
+            let msg = format!(r#"body must be JSON like {{"target":"new"}}: {e}"#);
+            tracing::info!(%peer, reason = %msg, "route switch refused: invalid body");
+            return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
+        }
+    };
+    let Some(target) = Target::parse(&update.target) else {
+        tracing::info!(%peer, target = %update.target, "route switch refused: unknown target");
+        let msg = format!("unknown target '{}'; use \"old\" or \"new\"", update.target);
+        return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
+    };
+    if let Some(annotation) = &state.annotation {
+        if let Some(held) = annotation.controlling_target().filter(|h| *h != target) {
+            let key = annotation.status().key;
+            let msg = format!(
+                "the pod annotation {key}=\"{held}\" controls this pod's route; change it with kubectl annotate (or remove it to switch here)"
+            );
+            tracing::info!(%peer, %target, %held, "route switch refused: the pod annotation holds the route");
+            return (error(StatusCode::CONFLICT, &msg), "refused");
+        }
+    }
+    match state.route.switch(target) {
+        Ok((now, changed)) => {
+            state
+                .ctx
+                .metrics
+                .set_route(now.target.as_str(), now.generation);
+            let outcome = if changed {
+                tracing::info!(%peer, target = %now.target, generation = now.generation, "route switched; the app moves at its next route poll");
+                "applied"
+            } else {
+                tracing::info!(%peer, target = %now.target, "route switch requested: already there");
+                "unchanged"
+            };
+            (
+                json_response(StatusCode::OK, views::route_json(state)),
+                outcome,
+            )
+        }
+        Err(e @ SwitchError::NotConfigured(_)) => {
+            tracing::info!(%peer, %target, reason = %e, "route switch refused");
+            (error(StatusCode::BAD_REQUEST, &e.to_string()), "refused")
+        }
+        Err(e @ SwitchError::Persist { .. }) => {
+            tracing::error!(%peer, %target, reason = %e, "route switch failed");
+            (
+                error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                "failed",
+            )
+        }
+    }
+}
+
+fn put_log_level(
+    state: &AdminState,
+    peer: SocketAddr,
+    body: &[u8],
+) -> (Response<Body>, &'static str) {
+    let update: LogLevelUpdate = match json_object(body) {
+        Ok(u) => u,
+        Err(e) => {
+            let msg = format!(
+                r#"body must be JSON like {{"filter":"info,rocketmq_sidecar=debug"}}: {e}"#
+            );
+            return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
+        }
+    };
+    if update.filter.trim().is_empty() {
+        let msg =
+            "filter is empty; give a directive such as \"info\" or \"info,rocketmq_sidecar=debug\"";
+        return (error(StatusCode::BAD_REQUEST, msg), "invalid");
+    }
+    let before = state.log.get();
+    match state.log.set(&update.filter) {
+        Ok(()) => {
+            tracing::info!(%peer, from = %before, to = %state.log.get(), "log filter changed");
+            let body = json!({ "filter": state.log.get() });
+            (json_response(StatusCode::OK, body), "applied")
+        }
+        Err(e) => {
+            tracing::info!(%peer, reason = %e, "log filter change refused");
+            (error(StatusCode::BAD_REQUEST, &e), "invalid")
+        }
+    }
+}
+
+/// `None` when the mutation may proceed, else the refusal to send.
+fn authorize(state: &AdminState, peer: SocketAddr, req: &Request<Bytes>) -> Option<Response<Body>> {
+    let token_file: &Option<PathBuf> = &state.config.admin_token_file;
+    match token_file {
+        None if peer.ip().is_loopback() => None,
+        None => Some(error(
+            StatusCode::FORBIDDEN,
+            "mutations are accepted from loopback only (configure admin.token_file to allow others)",
+        )),
+        Some(path) => {
+            let expected = match std::fs::read_to_string(path) {
+                Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+                Ok(_) | Err(_) => {
+                    tracing::error!(path = %path.display(), "admin token file unreadable or empty; refusing mutations");
+                    return Some(error(StatusCode::FORBIDDEN, "admin token file unreadable or empty; mutations are refused"));
+                }
+            };
+            let given = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if http::constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+                None
+            } else {
+                Some(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+            }
+        }
+    }
+}
+
+fn count(state: &AdminState, endpoint: &str, outcome: &str) {
+    state
+        .ctx
+        .metrics
+        .admin_mutations
+        .with_label_values(&[endpoint, outcome])
+        .inc();
+}
+
+/// `GET /`: the endpoint table.
+fn index_json() -> serde_json::Value {
+    let endpoints: Vec<_> = ENDPOINTS
+        .iter()
+        .map(|e| json!({ "method": e.method, "path": e.path, "about": e.about }))
+        .collect();
+    json!({ "endpoints": endpoints })
+}
