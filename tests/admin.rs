@@ -108,3 +108,132 @@ async fn config_connections_and_drain() {
         .contains(r#"rmq_sidecar_admin_mutations_total{endpoint="shutdown",outcome="refused"} 1"#));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The handlers answer requests held in memory: nothing is bound or connected.
+#[tokio::test]
+async fn handlers_answer_in_memory_from_the_endpoint_table() {
+    use bytes::Bytes;
+    use rocketmq_sidecar::admin::{self, Port, ENDPOINTS};
+    use rocketmq_sidecar::config::Config;
+    use rocketmq_sidecar::App;
+
+    let env: HashMap<String, String> = HashMap::new();
+    // Name servers that are never contacted (no server runs there).
+    let cfg = Config::from_toml_str(
+        "[clusters.old]\nnamesrv = \"127.0.0.1:1\"\n[clusters.new]\nnamesrv = \"127.0.0.1:2\"\n",
+        &env,
+    )
+    .unwrap();
+    let core = App::new(cfg).core().unwrap();
+    let state = core.admin_state();
+    let loopback: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let call = |port: Port, method: &str, path: &str, body: &str| {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Bytes::from(body.to_owned()))
+            .unwrap();
+        let state = state.clone();
+        async move {
+            let r = admin::handle(&state, port, loopback, req).await;
+            let status = r.status().as_u16();
+            let allow = r
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, allow, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+
+    // GET / is the table.
+    let (status, _, body) = call(Port::Admin, "GET", "/", "").await;
+    assert_eq!(status, 200);
+    let index: Value = serde_json::from_str(&body).unwrap();
+    let listed: Vec<(String, String)> = index["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["method"].as_str().unwrap().to_owned(),
+                e["path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let table: Vec<(String, String)> = ENDPOINTS
+        .iter()
+        .map(|e| (e.method.to_owned(), e.path.to_owned()))
+        .collect();
+    assert_eq!(listed, table);
+
+    // 405 names what is allowed; 404 says where the list is.
+    let (status, allow, body) = call(Port::Admin, "DELETE", "/route", "").await;
+    assert_eq!(
+        (status, allow.as_deref()),
+        (405, Some("GET, PUT")),
+        "{body}"
+    );
+    let (status, _, body) = call(Port::Admin, "GET", "/nope", "").await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("GET / on the admin port lists them"),
+        "{body}"
+    );
+
+    // The health port: reads only, admin paths do not exist there.
+    let (status, allow, body) = call(Port::Health, "PUT", "/route", "{}").await;
+    assert_eq!((status, allow.as_deref()), (405, Some("GET")), "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    let (status, _, _) = call(Port::Health, "GET", "/config", "").await;
+    assert_eq!(status, 404);
+    let (status, _, body) = call(Port::Health, "GET", "/route", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["target"],
+        "old"
+    );
+
+    // A refused switch changes nothing; a valid one switches, persisted nowhere (no
+    // state dir) but published.
+    for bad in [
+        r#"{"target":"sideways"}"#,
+        r#"["new"]"#,
+        "not json",
+        r#"{"target":"new","x":1}"#,
+    ] {
+        let (status, _, body) = call(Port::Admin, "PUT", "/route", bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(state.route.current().target, rocketmq_sidecar::Target::Old);
+    }
+    let (status, _, body) = call(Port::Admin, "PUT", "/route", r#"{"target":"new"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state.route.current().target, rocketmq_sidecar::Target::New);
+    assert_eq!(state.route.current().generation, 1);
+
+    // Mutations from elsewhere than loopback are refused without a token.
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri("/drain")
+        .body(Bytes::new())
+        .unwrap();
+    let remote: std::net::SocketAddr = "10.1.2.3:5555".parse().unwrap();
+    let r = admin::handle(&state, Port::Admin, remote, req).await;
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(!*state.ctx.draining.borrow(), "a refused drain drained");
+    let (body, _) = state.ctx.metrics.encode();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains(
+            r#"rmq_sidecar_admin_mutations_total{endpoint="drain",outcome="unauthorized"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"rmq_sidecar_admin_mutations_total{endpoint="route",outcome="invalid"} 4"#),
+        "{text}"
+    );
+}

@@ -308,3 +308,32 @@ async fn log_level_changes_at_runtime_and_shutdown_endpoint_when_enabled() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn check_runs_the_validation_run_runs() {
+    // A log filter that does not parse: `check` used to accept it and `run` to refuse it.
+    let dir = std::env::temp_dir().join(format!("rmq-check-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "log = \"x=y=z==\"\n[clusters.old]\nnamesrv = \"127.0.0.1:9876\"\n",
+    )
+    .unwrap();
+    let mut outputs = Vec::new();
+    for args in [vec!["check", "--config"], vec!["--config"]] {
+        let out = Command::new(BIN).args(&args).arg(&config).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(
+            err.contains("log:") && err.contains("x=y=z=="),
+            "{args:?}: {err}"
+        );
+        outputs.push(err);
+    }
+    assert_eq!(
+        outputs[0], outputs[1],
+        "check and run must refuse with the same message"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

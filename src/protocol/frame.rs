@@ -7,22 +7,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::header::{peek_summary, FrameSummary, HeaderError};
+pub use super::wire::{encode_frame, encode_json_frame, SerializeType};
 
 /// Default frame limit, the same as Java's `com.rocketmq.remoting.frameMaxLength`
 /// (16 MiB, the 4-byte length prefix included).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
-/// Smallest valid frame: the two length words.
-const PREFIX_LEN: usize = 8;
-
-/// How a header is serialised (the high byte of the second length word).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SerializeType {
-    /// JSON text (what Java, Go and C++ send by default).
-    Json,
-    /// RocketMQ's compact binary header.
-    RocketMq,
-}
+use super::wire::PREFIX_LEN;
 
 /// Why a byte stream is not a valid frame. Each closes the one connection it came from.
 #[derive(Debug, thiserror::Error)]
@@ -254,24 +245,4 @@ fn check_prefix(
         });
     }
     Ok(Some((with_prefix as usize, header_len, serialize)))
-}
-
-/// Builds a frame from a JSON header and a body.
-pub fn encode_json_frame(header_json: &[u8], body: &[u8]) -> Bytes {
-    encode_frame(SerializeType::Json, header_json, body)
-}
-
-/// Builds a frame from header bytes of the given form and a body.
-pub fn encode_frame(serialize: SerializeType, header: &[u8], body: &[u8]) -> Bytes {
-    let total = 4 + header.len() + body.len();
-    let kind: u32 = match serialize {
-        SerializeType::Json => 0,
-        SerializeType::RocketMq => 1,
-    };
-    let mut out = BytesMut::with_capacity(4 + total);
-    out.extend_from_slice(&(total as u32).to_be_bytes());
-    out.extend_from_slice(&((kind << 24) | (header.len() as u32 & 0x00FF_FFFF)).to_be_bytes());
-    out.extend_from_slice(header);
-    out.extend_from_slice(body);
-    out.freeze()
 }

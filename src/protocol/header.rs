@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::code::{language_name, FLAG_ONEWAY, FLAG_RESPONSE};
-use super::frame::{encode_json_frame, SerializeType};
+use super::wire::{encode_json_frame, SerializeType};
 
 /// Ext fields: string keys to string values, in arrival order, last duplicate winning.
 pub type ExtFields = Map<String, Value>;

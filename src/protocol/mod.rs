@@ -1,11 +1,19 @@
 //! The RocketMQ remoting protocol, pure: bytes in, values out. No sockets, no config, no
 //! metrics. Facts and their sources: `shared/docs/rocketmq-protocol.md`.
+//!
+//! - [`wire`]: the frame's fixed layout (length words, serialize type) and its encoders.
+//! - [`header`]: the header in both forms (JSON, ROCKETMQ binary), unknown fields kept.
+//! - [`frame`]: one frame as the bytes it arrived as, and the bounded decoder.
+//! - [`code`]: request and response codes, flag bits.
+//! - [`route`]: route, cluster-info and topic-list bodies, read leniently, rewritten.
+//! - [`names`]: broker names inside request and response bodies.
 
 pub mod code;
 pub mod frame;
 pub mod header;
 pub mod names;
 pub mod route;
+pub mod wire;
 
 pub use frame::{
     encode_frame, FrameDecoder, FrameError, RawFrame, SerializeType, DEFAULT_MAX_FRAME_BYTES,
