@@ -1,0 +1,546 @@
+//! Validation: `config.toml` (as [`ConfigFile`]) plus the environment into a [`Config`],
+//! one function per section, each error naming its key and the variable that set it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rmq_common::Target;
+
+use super::env::{self, Env};
+use super::file::{self, ConfigFile};
+use super::{
+    parse_broker_bind, parse_namesrv_list, parse_port_range, BrokerBind, ClusterConfig, Config,
+    ConfigError, Limits, LogFormat, UniqueKeyRuleSetting, DEFAULT_ADMIN_LISTEN,
+    DEFAULT_BROKER_BIND, DEFAULT_FALLBACK_PORTS, DEFAULT_HEALTH_LISTEN, DEFAULT_NAMESRV_LISTEN,
+    DEFAULT_NEW_PREFIX,
+};
+use crate::acl::credentials::{CredentialSources, Source};
+use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
+
+/// A value and the environment variable it came from, if any.
+type Picked = (Option<String>, Option<&'static str>);
+
+/// The environment's value of `var` if set, else `value` from the file.
+fn pick(env: &dyn Env, var: &'static str, value: Option<String>) -> Picked {
+    match env.var(var) {
+        Some(v) => (Some(v), Some(var)),
+        None => (value, None),
+    }
+}
+
+/// `[listen]`, validated.
+struct Listen {
+    namesrv: SocketAddr,
+    admin: SocketAddr,
+    health: SocketAddr,
+    broker_bind: BrokerBind,
+    broker_fallback_ports: (u16, u16),
+}
+
+/// `[admin]` and the annotation settings, validated.
+struct Admin {
+    enable_shutdown: bool,
+    annotations_file: Option<PathBuf>,
+    route_annotation: String,
+    token_file: Option<PathBuf>,
+}
+
+/// `[upstream]`, validated.
+struct Upstream {
+    connect_timeout: Duration,
+    namesrv_timeout: Duration,
+    retire_idle: Option<Duration>,
+}
+
+/// Applies `env` over `file` and validates every section.
+pub(super) fn config(file: ConfigFile, env: &dyn Env) -> Result<Config, ConfigError> {
+    let (target_s, target_env) = pick(env, env::TARGET, file.target);
+    let target = match target_s.as_deref() {
+        None => Target::Old,
+        Some(s) => Target::parse(s).ok_or_else(|| ConfigError::Invalid {
+            key: "target",
+            message: format!("'{s}' is not a cluster; use \"old\" or \"new\""),
+            env: target_env,
+        })?,
+    };
+
+    let (state_s, _) = pick(env, env::STATE_DIR, file.state_dir);
+    let state_dir = state_s.filter(|s| !s.trim().is_empty()).map(PathBuf::from);
+
+    let (drain_s, drain_env) = pick(
+        env,
+        env::DRAIN_SECONDS,
+        file.drain_seconds.map(|d| d.to_string()),
+    );
+    let drain_secs: u64 = match drain_s {
+        None => 30,
+        Some(s) => s
+            .trim()
+            .parse()
+            .ok()
+            .filter(|d| *d <= 3600)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "drain_seconds",
+                message: format!("'{s}' is not a whole number of seconds from 0 to 3600"),
+                env: drain_env,
+            })?,
+    };
+
+    let frame_max_bytes = match file.frame_max_bytes {
+        None => DEFAULT_MAX_FRAME_BYTES,
+        Some(n) if (1024..=(1u64 << 30)).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ConfigError::Invalid {
+                key: "frame_max_bytes",
+                message: format!("{n} is outside 1024..=1073741824"),
+                env: None,
+            })
+        }
+    };
+
+    let (log_s, log_env) = pick(env, env::LOG, file.log);
+    let log = log_s.unwrap_or_else(|| "info".to_owned());
+    // The filter start-up installs: a filter `check` accepts must be one `run` starts with.
+    rmq_common::logging::validate_filter(&log).map_err(|message| ConfigError::Invalid {
+        key: "log",
+        message,
+        env: log_env,
+    })?;
+    let (fmt_s, fmt_env) = pick(env, env::LOG_FORMAT, file.log_format);
+    let log_format = match fmt_s.as_deref() {
+        None => LogFormat::Text,
+        Some(s) => LogFormat::parse(s).ok_or_else(|| ConfigError::Invalid {
+            key: "log_format",
+            message: format!("'{}' is not \"text\" or \"json\"", s.trim()),
+            env: fmt_env,
+        })?,
+    };
+
+    let listen = listen(file.listen, env)?;
+    let admin = admin(
+        file.admin,
+        file.annotations_file,
+        file.route_annotation,
+        env,
+    )?;
+    let upstream = upstream(&file.upstream)?;
+    let limits = limits(&file.limits)?;
+    let (old, new) = clusters(file.clusters, target, env)?;
+    Ok(Config {
+        target,
+        state_dir,
+        drain: Duration::from_secs(drain_secs),
+        frame_max_bytes,
+        log,
+        log_format,
+        namesrv_listen: listen.namesrv,
+        admin_listen: listen.admin,
+        health_listen: listen.health,
+        broker_bind: listen.broker_bind,
+        broker_fallback_ports: listen.broker_fallback_ports,
+        admin_token_file: admin.token_file,
+        enable_shutdown: admin.enable_shutdown,
+        annotations_file: admin.annotations_file,
+        route_annotation: admin.route_annotation,
+        connect_timeout: upstream.connect_timeout,
+        namesrv_timeout: upstream.namesrv_timeout,
+        retire_idle: upstream.retire_idle,
+        limits,
+        old,
+        new,
+    })
+}
+
+fn listen(listen: file::ListenFile, env: &dyn Env) -> Result<Listen, ConfigError> {
+    let namesrv_listen = socket_addr(
+        "listen.namesrv",
+        pick(env, env::LISTEN, listen.namesrv),
+        DEFAULT_NAMESRV_LISTEN,
+    )?;
+    if !namesrv_listen.ip().is_loopback() {
+        return Err(ConfigError::Invalid {
+            key: "listen.namesrv",
+            message: format!(
+                "{namesrv_listen} is not a loopback address; the name-server port carries \
+                 the pod's broker traffic (and credentials) and must stay inside the pod"
+            ),
+            env: env.var(env::LISTEN).map(|_| env::LISTEN),
+        });
+    }
+    let admin_listen = socket_addr(
+        "listen.admin",
+        pick(env, env::ADMIN, listen.admin),
+        DEFAULT_ADMIN_LISTEN,
+    )?;
+    let health_listen = socket_addr(
+        "listen.health",
+        pick(env, env::METRICS, listen.health),
+        DEFAULT_HEALTH_LISTEN,
+    )?;
+    let (bind_s, bind_env) = pick(env, env::BROKER_BIND, listen.broker_bind);
+    let broker_bind =
+        parse_broker_bind(bind_s.as_deref().unwrap_or(DEFAULT_BROKER_BIND)).map_err(|message| {
+            ConfigError::Invalid {
+                key: "listen.broker_bind",
+                message,
+                env: bind_env,
+            }
+        })?;
+    let broker_fallback_ports = parse_port_range(
+        listen
+            .broker_fallback_ports
+            .as_deref()
+            .unwrap_or(DEFAULT_FALLBACK_PORTS),
+    )
+    .map_err(|message| ConfigError::Invalid {
+        key: "listen.broker_fallback_ports",
+        message,
+        env: None,
+    })?;
+    // Port 0 (any free port, used by tests) may repeat; fixed ports may not.
+    let fixed: Vec<SocketAddr> = [namesrv_listen, admin_listen, health_listen]
+        .into_iter()
+        .filter(|a| a.port() != 0)
+        .collect();
+    let mut distinct = fixed.clone();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() != fixed.len() {
+        return Err(ConfigError::Invalid {
+            key: "listen",
+            message: "namesrv, admin and health must be three different addresses".to_owned(),
+            env: None,
+        });
+    }
+
+    Ok(Listen {
+        namesrv: namesrv_listen,
+        admin: admin_listen,
+        health: health_listen,
+        broker_bind,
+        broker_fallback_ports,
+    })
+}
+
+fn admin(
+    file: file::AdminFile,
+    annotations_file: Option<String>,
+    route_annotation: Option<String>,
+    env: &dyn Env,
+) -> Result<Admin, ConfigError> {
+    let (shutdown_s, shutdown_env) = pick(
+        env,
+        env::ENABLE_SHUTDOWN,
+        file.enable_shutdown.map(|b| b.to_string()),
+    );
+    let enable_shutdown = match shutdown_s.as_deref().map(str::trim) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: "admin.enable_shutdown",
+                message: format!("'{other}' is not true or false"),
+                env: shutdown_env,
+            })
+        }
+    };
+    let (annotations_s, _) = pick(env, env::ANNOTATIONS_FILE, annotations_file);
+    let annotations_file = annotations_s
+        .filter(|s| !s.trim().is_empty())
+        .map(PathBuf::from);
+    let route_annotation = route_annotation
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_else(|| rmq_common::contract::ROUTE_ANNOTATION.to_owned());
+    if route_annotation.is_empty() || route_annotation.contains(['=', '"', '\n']) {
+        return Err(ConfigError::Invalid {
+            key: "route_annotation",
+            message: format!("'{route_annotation}' is not an annotation key"),
+            env: None,
+        });
+    }
+    let (token_s, _) = pick(env, env::ADMIN_TOKEN_FILE, file.token_file);
+    let admin_token_file = token_s.filter(|s| !s.trim().is_empty()).map(PathBuf::from);
+
+    Ok(Admin {
+        enable_shutdown,
+        annotations_file,
+        route_annotation,
+        token_file: admin_token_file,
+    })
+}
+
+fn upstream(file: &file::UpstreamFile) -> Result<Upstream, ConfigError> {
+    let connect_timeout = millis("upstream.connect_timeout_ms", file.connect_timeout_ms, 3000)?;
+    let namesrv_timeout = millis("upstream.namesrv_timeout_ms", file.namesrv_timeout_ms, 3000)?;
+
+    let retire_idle = match file.retire_idle_seconds.unwrap_or(45) {
+        0 => None,
+        s @ 1..=3600 => Some(Duration::from_secs(s)),
+        s => {
+            return Err(ConfigError::Invalid {
+                key: "upstream.retire_idle_seconds",
+                message: format!("{s} is outside 0..=3600 seconds (0 = never)"),
+                env: None,
+            })
+        }
+    };
+
+    Ok(Upstream {
+        connect_timeout,
+        namesrv_timeout,
+        retire_idle,
+    })
+}
+
+fn clusters(
+    clusters: file::ClustersFile,
+    target: Target,
+    env: &dyn Env,
+) -> Result<(ClusterConfig, ClusterConfig), ConfigError> {
+    let old = cluster(Target::Old, clusters.old, env)?;
+    let new = cluster(Target::New, clusters.new, env)?;
+    for (key, c) in [
+        ("clusters.old.broker_name_prefix", &old),
+        ("clusters.new.broker_name_prefix", &new),
+    ] {
+        if let Some(bad) = c
+            .broker_name_prefix
+            .chars()
+            .find(|ch| matches!(ch, ':' | ';' | '%' | '"' | '\\' | '@') || ch.is_whitespace())
+        {
+            return Err(ConfigError::Invalid {
+                key,
+                message: format!("'{bad}' cannot be part of a broker name"),
+                env: None,
+            });
+        }
+    }
+    if old.broker_name_prefix == new.broker_name_prefix {
+        return Err(ConfigError::Invalid {
+            key: "clusters.new.broker_name_prefix",
+            message: format!(
+                "equals the old cluster's prefix '{}': broker names must stay distinct per \
+                 cluster, or a consumer that switches keeps offsets of the other cluster",
+                new.broker_name_prefix
+            ),
+            env: None,
+        });
+    }
+    let chosen = match target {
+        Target::Old => &old,
+        Target::New => &new,
+    };
+    if chosen.namesrv.is_empty() {
+        let (key, var) = match target {
+            Target::Old => ("clusters.old.namesrv", env::OLD_NAMESRV),
+            Target::New => ("clusters.new.namesrv", env::NEW_NAMESRV),
+        };
+        return Err(ConfigError::Invalid {
+            key,
+            message: format!(
+                "the initial target is '{target}' but it has no name servers; set {key} or {var}"
+            ),
+            env: None,
+        });
+    }
+
+    Ok((old, new))
+}
+
+fn socket_addr(
+    key: &'static str,
+    (value, env): (Option<String>, Option<&'static str>),
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let s = value.unwrap_or_else(|| default.to_owned());
+    s.trim().parse().map_err(|_| ConfigError::Invalid {
+        key,
+        message: format!("'{s}' is not an ip:port address (e.g. {default})"),
+        env,
+    })
+}
+
+fn millis(key: &'static str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    match value.unwrap_or(default) {
+        ms @ 1..=600_000 => Ok(Duration::from_millis(ms)),
+        ms => Err(ConfigError::Invalid {
+            key,
+            message: format!("{ms} is outside 1..=600000 milliseconds"),
+            env: None,
+        }),
+    }
+}
+
+fn limits(file: &file::LimitsFile) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let one = |key: &'static str, value: Option<u64>, default: usize| match value {
+        None => Ok(default),
+        Some(n @ 1..=1_000_000) => Ok(n as usize),
+        Some(n) => Err(ConfigError::Invalid {
+            key,
+            message: format!("{n} is outside 1..=1000000"),
+            env: None,
+        }),
+    };
+    Ok(Limits {
+        namesrv_connections: one(
+            "limits.namesrv_connections",
+            file.namesrv_connections,
+            d.namesrv_connections,
+        )?,
+        broker_connections: one(
+            "limits.broker_connections",
+            file.broker_connections,
+            d.broker_connections,
+        )?,
+        admin_connections: one(
+            "limits.admin_connections",
+            file.admin_connections,
+            d.admin_connections,
+        )?,
+        health_connections: one(
+            "limits.health_connections",
+            file.health_connections,
+            d.health_connections,
+        )?,
+        namesrv_inflight: one(
+            "limits.namesrv_inflight",
+            file.namesrv_inflight,
+            d.namesrv_inflight,
+        )?,
+    })
+}
+
+/// Dotted keys of one cluster's section, for error messages.
+struct ClusterKeys {
+    namesrv: &'static str,
+    secret_key: &'static str,
+    security_token: &'static str,
+    unique_key_rule: &'static str,
+    check_topic: &'static str,
+}
+
+fn cluster(
+    target: Target,
+    file: file::ClusterFile,
+    env: &dyn Env,
+) -> Result<ClusterConfig, ConfigError> {
+    let (keys, ns_var, vars) = match target {
+        Target::Old => (
+            ClusterKeys {
+                namesrv: "clusters.old.namesrv",
+                secret_key: "clusters.old.secret_key",
+                security_token: "clusters.old.security_token",
+                unique_key_rule: "clusters.old.unique_key_rule",
+                check_topic: "clusters.old.check_topic",
+            },
+            env::OLD_NAMESRV,
+            env::OLD_CREDENTIALS,
+        ),
+        Target::New => (
+            ClusterKeys {
+                namesrv: "clusters.new.namesrv",
+                secret_key: "clusters.new.secret_key",
+                security_token: "clusters.new.security_token",
+                unique_key_rule: "clusters.new.unique_key_rule",
+                check_topic: "clusters.new.check_topic",
+            },
+            env::NEW_NAMESRV,
+            env::NEW_CREDENTIALS,
+        ),
+    };
+    let (ns_value, ns_env) = match env.var(ns_var) {
+        Some(v) => (Some(v), Some(ns_var)),
+        None => (file.namesrv, None),
+    };
+    let namesrv = match ns_value {
+        None => Vec::new(),
+        Some(s) => parse_namesrv_list(&s).map_err(|message| ConfigError::Invalid {
+            key: keys.namesrv,
+            message,
+            env: ns_env,
+        })?,
+    };
+    let inline_secret = |key: &'static str, file_key: &str, var: &str| {
+        ConfigError::Invalid {
+        key,
+        message: format!(
+            "secrets are never written inline in config.toml; use {file_key} (a mounted Secret) or {var}"
+        ),
+        env: None,
+    }
+    };
+    if file.secret_key.is_some() {
+        return Err(inline_secret(
+            keys.secret_key,
+            "secret_key_file",
+            vars.secret_key.0,
+        ));
+    }
+    if file.security_token.is_some() {
+        return Err(inline_secret(
+            keys.security_token,
+            "security_token_file",
+            vars.security_token.0,
+        ));
+    }
+    // Environment first (value, then file), then config.toml.
+    let source = |(value_var, file_var): (&'static str, &'static str),
+                  inline: Option<String>,
+                  from_file: Option<String>| {
+        env.var(value_var)
+            .map(Source::Value)
+            .or_else(|| env.var(file_var).map(|p| Source::File(PathBuf::from(p))))
+            .or_else(|| inline.filter(|v| !v.trim().is_empty()).map(Source::Value))
+            .or_else(|| {
+                from_file
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|p| Source::File(PathBuf::from(p)))
+            })
+    };
+    let credentials = CredentialSources {
+        access_key: source(vars.access_key, file.access_key, file.access_key_file),
+        secret_key: source(vars.secret_key, None, file.secret_key_file),
+        security_token: source(vars.security_token, None, file.security_token_file),
+    };
+    let unique_key_rule = match file.unique_key_rule.as_deref().map(str::trim) {
+        None | Some("auto") => UniqueKeyRuleSetting::Auto,
+        Some("v4") => UniqueKeyRuleSetting::V4,
+        Some("v5") => UniqueKeyRuleSetting::V5,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: keys.unique_key_rule,
+                message: format!("'{other}' is not \"auto\", \"v4\" or \"v5\""),
+                env: None,
+            })
+        }
+    };
+    let check_topic = file
+        .check_topic
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    if let Some(t) = &check_topic {
+        if t.len() > 255 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::Invalid {
+                key: keys.check_topic,
+                message: format!("'{t}' is not a valid topic name"),
+                env: None,
+            });
+        }
+    }
+    let default_prefix = match target {
+        Target::Old => "",
+        Target::New => DEFAULT_NEW_PREFIX,
+    };
+    Ok(ClusterConfig {
+        target,
+        namesrv,
+        broker_name_prefix: file
+            .broker_name_prefix
+            .unwrap_or_else(|| default_prefix.to_owned()),
+        credentials,
+        unique_key_rule,
+        check_topic,
+    })
+}
