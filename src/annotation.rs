@@ -6,9 +6,8 @@
 //! Precedence: while the annotation is present and valid it owns the route, and
 //! `PUT /route` to another target is refused with a reason (409); without it (or while its
 //! value is invalid) the admin endpoint switches as usual. `GET /route` says which.
-//! Values: `old` or `new`; anything else is ignored with a log line and a metric, and the
-//! running route stays as it was. (The format leaves room for per-role values such as
-//! `producer=new,consumer=old`.)
+//! Values: `old`, `new` (both roles) or `producer=new,consumer=old`; anything else is
+//! ignored with a log line and a metric, and the running route stays as it was.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -20,8 +19,8 @@ use rmq_common::clock::now_ms;
 use rmq_common::contract::{find_annotation, parse_route_value};
 
 use crate::metrics::Metrics;
-use crate::routing::RouteSwitch;
-use rmq_common::Target;
+use crate::routing::{RouteRequest, RouteSwitch};
+use rmq_common::RoleTargets;
 
 /// Default annotation key.
 pub const DEFAULT_KEY: &str = rmq_common::contract::ROUTE_ANNOTATION;
@@ -38,8 +37,9 @@ pub struct AnnotationStatus {
     pub key: String,
     /// Its raw value (None when absent).
     pub value: Option<String>,
-    /// The target it asks for, when valid.
-    pub target: Option<Target>,
+    /// The route it asks for, when valid (`new`, or `producer=new,consumer=old`).
+    #[serde(serialize_with = "as_text")]
+    pub target: Option<RoleTargets>,
     /// Why the value (or the file) is not usable.
     pub error: Option<String>,
     /// When the file was last read (Unix ms).
@@ -52,6 +52,13 @@ pub struct AnnotationWatch {
     file: PathBuf,
     key: String,
     status: Mutex<AnnotationStatus>,
+}
+
+fn as_text<S: serde::Serializer>(t: &Option<RoleTargets>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&t.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 // === impl AnnotationWatch ===
@@ -74,8 +81,8 @@ impl AnnotationWatch {
         }
     }
 
-    /// The target the annotation holds the route at, when present and valid.
-    pub fn controlling_target(&self) -> Option<Target> {
+    /// The route the annotation holds, when present and valid.
+    pub fn controlling_target(&self) -> Option<RoleTargets> {
         self.lock().target
     }
 
@@ -128,16 +135,16 @@ impl AnnotationWatch {
             }
         }
         if let Some(target) = next.target {
-            match route.switch(target) {
-                Ok((now, true)) => {
+            match route.switch(RouteRequest::to(target)) {
+                Ok((now, moved)) if !moved.is_empty() => {
                     tracing::info!(key = %self.key, %target, generation = now.generation, "route switched by the pod annotation");
-                    metrics.set_route(now.target.as_str(), now.generation);
+                    metrics.record_switch(now.targets(), now.generation, &moved);
                     metrics
                         .annotation_updates
                         .with_label_values(&["applied"])
                         .inc();
                 }
-                Ok((_, false)) => {}
+                Ok(_) => {}
                 Err(e) => {
                     if previous.error.as_deref() != Some(e.to_string().as_str()) {
                         tracing::warn!(key = %self.key, %target, reason = %e, "route annotation could not be applied");

@@ -121,11 +121,11 @@ impl App {
         let (route, restored) = RouteSwitch::load(&config)?;
         let route = Arc::new(route);
         if restored {
-            tracing::info!(target = %route.current().target, generation = route.current().generation, "route restored from the state dir");
+            tracing::info!(route = %route.current().targets(), generation = route.current().generation, "route restored from the state dir");
         }
         let metrics = Metrics::new(prometheus::Registry::new()).map_err(StartError::Metrics)?;
         let now = route.current();
-        metrics.set_route(now.target.as_str(), now.generation);
+        metrics.set_route(now.targets(), now.generation);
         let ctx = Arc::new(
             RelayContext::new(&config, route.subscribe(), metrics)
                 .map_err(|(target, source)| StartError::Credentials { target, source })?,
@@ -228,7 +228,7 @@ impl App {
             admin = %admin_addr,
             health = %health_addr,
             broker_bind = %config.broker_bind,
-            target = %route.current().target,
+            route = %route.current().targets(),
             "rmq-sidecar started"
         );
         Ok(Running {
@@ -315,26 +315,36 @@ async fn watch_credentials(ctx: Arc<RelayContext>, timeout: Duration) {
     }
 }
 
-/// Asks the target's name servers for the default topic's route every second until one
-/// answers (any answer, including TOPIC_NOT_EXIST, proves the name server is there).
+/// Asks the name servers of every cluster the pod uses (its producers' and consumers')
+/// for the default topic's route every second until each has answered once (any answer,
+/// including TOPIC_NOT_EXIST, proves the name server is there).
 async fn probe_until_ready(ctx: Arc<RelayContext>, route: Arc<RouteSwitch>, health: Arc<Health>) {
     let mut header = Header::request(request::GET_ROUTEINFO_BY_TOPIC, 0);
     header.set_ext("topic", "TBW102");
+    let mut answered = [false; 2];
     while !health.is_ready() {
-        let target = route.current().target;
-        match ctx.cluster(target).namesrv.call(&header, &[]).await {
-            Ok(Some(answer)) => {
-                health.answered(target, &answer.addr, 0);
-                if route.current().target == target {
-                    health.set_ready();
+        let targets = route.current().targets();
+        let mut in_use = vec![targets.consumer];
+        if targets.producer != targets.consumer {
+            in_use.push(targets.producer);
+        }
+        for target in in_use {
+            if answered[target.index()] {
+                continue;
+            }
+            match ctx.cluster(target).namesrv.call(&header, &[]).await {
+                Ok(Some(answer)) => {
+                    health.answered(target, &answer.addr, 0);
+                    answered[target.index()] = true;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%target, error = %e, "waiting for the target's name server");
+                    health.failed(target, e.to_string());
                 }
             }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(%target, error = %e, "waiting for the target's name server");
-                health.failed(target, e.to_string());
-            }
         }
+        health.check_ready(&route.current().targets());
         if !health.is_ready() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

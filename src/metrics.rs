@@ -8,6 +8,7 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use rmq_common::metrics::{describe, encode_text};
+use rmq_common::{Role, RoleTargets, Target};
 
 pub use rmq_common::metrics::FamilyInfo;
 
@@ -53,7 +54,7 @@ pub struct Metrics {
     pub route_answers: IntCounterVec,
     /// Broker listeners open, by `target`.
     pub broker_listeners: IntGaugeVec,
-    /// 1 for the cluster the pod is switched to, 0 for the other (`target`).
+    /// 1 for the cluster each `role` is switched to, 0 for the other (`target`).
     pub route_target: IntGaugeVec,
     /// Switch generation.
     pub route_generation: IntGauge,
@@ -79,6 +80,11 @@ pub struct Metrics {
     pub accept_failures: IntCounterVec,
     /// Name-server requests answered SYSTEM_BUSY because too many were in flight.
     pub namesrv_requests_refused: IntCounterVec,
+    /// Composed answers (roles apart) that did without a `cluster` where the pod's `role`
+    /// goes (the topic is missing there, or it did not answer).
+    pub route_partial_answers: IntCounterVec,
+    /// Role switches applied, by `role` and the `target` it moved to.
+    pub role_switches: IntCounterVec,
 }
 
 /// Every listener name (`listener` label of the accept metrics).
@@ -190,8 +196,8 @@ impl Metrics {
             )?,
             route_target: gauge(
                 "route_target",
-                "1 for the cluster the pod is switched to",
-                &["target"],
+                "1 for the cluster where the pod's role (producer, consumer) is switched to",
+                &["role", "target"],
             )?,
             route_generation,
             switch_requests: counter(
@@ -245,8 +251,24 @@ impl Metrics {
                 "Name-server requests answered SYSTEM_BUSY because the in-flight cap was reached",
                 &["listener"],
             )?,
+            route_partial_answers: counter(
+                "route_partial_answers_total",
+                "Composed name-server answers (producers and consumers on different clusters) that did without the cluster of one role",
+                &["cluster", "role"],
+            )?,
+            role_switches: counter(
+                "role_switches_total",
+                "Role switches applied, by role and the cluster it moved to",
+                &["role", "target"],
+            )?,
             registry,
         };
+        for role in ["producer", "consumer"] {
+            for t in ["old", "new"] {
+                m.route_partial_answers.with_label_values(&[t, role]);
+                m.role_switches.with_label_values(&[role, t]);
+            }
+        }
         // Alerts see these at 0 from the start, not as "no data" until the first event.
         for l in LISTENERS {
             m.connections_refused.with_label_values(&[l]);
@@ -285,6 +307,8 @@ impl Metrics {
             &self.connections_refused,
             &self.accept_failures,
             &self.namesrv_requests_refused,
+            &self.route_partial_answers,
+            &self.role_switches,
         ];
         let gauges = [
             &self.client_connections_active,
@@ -331,14 +355,26 @@ impl Metrics {
         })
     }
 
-    /// Sets the route gauges.
-    pub fn set_route(&self, target: &str, generation: u64) {
-        for t in ["old", "new"] {
-            self.route_target
-                .with_label_values(&[t])
-                .set(i64::from(t == target));
+    /// Sets the route gauges: where each role goes, and the switch generation.
+    pub fn set_route(&self, targets: RoleTargets, generation: u64) {
+        for role in Role::ALL {
+            for t in Target::ALL {
+                self.route_target
+                    .with_label_values(&[role.as_str(), t.as_str()])
+                    .set(i64::from(targets.get(role) == t));
+            }
         }
         self.route_generation.set(generation as i64);
+    }
+
+    /// Records a switch: the route gauges, and one `role_switches_total` per moved role.
+    pub fn record_switch(&self, targets: RoleTargets, generation: u64, moved: &[Role]) {
+        self.set_route(targets, generation);
+        for role in moved {
+            self.role_switches
+                .with_label_values(&[role.as_str(), targets.get(*role).as_str()])
+                .inc();
+        }
     }
 
     /// Sets the last credential check outcome of `target`.

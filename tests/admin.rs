@@ -207,11 +207,17 @@ async fn handlers_answer_in_memory_from_the_endpoint_table() {
     ] {
         let (status, _, body) = call(Port::Admin, "PUT", "/route", bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
-        assert_eq!(state.route.current().target, rocketmq_sidecar::Target::Old);
+        assert_eq!(
+            state.route.current().whole(),
+            Some(rocketmq_sidecar::Target::Old)
+        );
     }
     let (status, _, body) = call(Port::Admin, "PUT", "/route", r#"{"target":"new"}"#).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(state.route.current().target, rocketmq_sidecar::Target::New);
+    assert_eq!(
+        state.route.current().whole(),
+        Some(rocketmq_sidecar::Target::New)
+    );
     assert_eq!(state.route.current().generation, 1);
 
     // Mutations from elsewhere than loopback are refused without a token.

@@ -103,7 +103,10 @@ async fn the_route_follows_the_pod_annotation() {
         &[("annotations", "rocketmq-sidecar/route=\"new\"\n")],
     );
     let again = start_sidecar(&cfg).await;
-    assert_eq!(again.route.current().target.as_str(), "new");
+    assert_eq!(
+        again.route.current().whole(),
+        Some(rocketmq_sidecar::Target::New)
+    );
     assert_eq!(
         route_doc(again.admin_addr).await["controlled_by"],
         "annotation",

@@ -58,7 +58,10 @@ fn environment_overrides_the_file() {
         ]),
     )
     .unwrap();
-    assert_eq!(c.target, Target::New);
+    assert_eq!(
+        c.target,
+        rocketmq_sidecar::config::RoleTargets::both(Target::New)
+    );
     assert_eq!(c.old.namesrv, vec!["10.0.0.1:9876", "10.0.0.2:9876"]);
     assert_eq!(c.new.namesrv, vec!["tdmq:9876"]);
     assert_eq!(c.namesrv_listen.port(), 19876);

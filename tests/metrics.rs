@@ -85,7 +85,10 @@ async fn counters_follow_the_traffic_and_the_switch() {
         value(&m, r#"rmq_sidecar_route_answers_total{cluster="old"}"#),
         1.0
     );
-    assert_eq!(value(&m, r#"rmq_sidecar_route_target{target="old"}"#), 1.0);
+    for role in ["producer", "consumer"] {
+        let series = format!(r#"rmq_sidecar_route_target{{role="{role}",target="old"}}"#);
+        assert_eq!(value(&m, &series), 1.0, "{series}");
+    }
     assert_eq!(
         value(&m, r#"rmq_sidecar_broker_listeners{target="old"}"#),
         1.0
@@ -138,8 +141,14 @@ async fn counters_follow_the_traffic_and_the_switch() {
         ),
         5.0
     );
-    assert_eq!(value(&m, r#"rmq_sidecar_route_target{target="new"}"#), 1.0);
-    assert_eq!(value(&m, r#"rmq_sidecar_route_target{target="old"}"#), 0.0);
+    for role in ["producer", "consumer"] {
+        let new = format!(r#"rmq_sidecar_route_target{{role="{role}",target="new"}}"#);
+        let old = format!(r#"rmq_sidecar_route_target{{role="{role}",target="old"}}"#);
+        assert_eq!(value(&m, &new), 1.0, "{new}");
+        assert_eq!(value(&m, &old), 0.0, "{old}");
+        let moved = format!(r#"rmq_sidecar_role_switches_total{{role="{role}",target="new"}}"#);
+        assert_eq!(value(&m, &moved), 1.0, "{moved}");
+    }
     assert_eq!(value(&m, r#"rmq_sidecar_route_generation"#), 1.0);
     assert_eq!(
         value(
@@ -185,6 +194,7 @@ async fn counters_follow_the_traffic_and_the_switch() {
         "outcome",
         "endpoint",
         "version",
+        "role",
         "le",
     ];
     for line in text

@@ -328,7 +328,12 @@ async fn restart_restores_target_and_listeners_before_ready() {
 
     let second = start_sidecar(&config).await;
     assert_eq!(
-        second.route.current().target.as_str(),
+        second
+            .route
+            .current()
+            .whole()
+            .map(|t| t.as_str())
+            .unwrap_or("split"),
         "new",
         "never silently back to old"
     );
@@ -357,7 +362,10 @@ async fn admin_refuses_invalid_requests_and_keeps_state() {
         assert_eq!(status, 400, "{body} -> {text}");
         assert!(text.contains(needle), "{body} -> {text}");
     }
-    assert_eq!(sidecar.route.current().target.as_str(), "old");
+    assert_eq!(
+        sidecar.route.current().whole().map(|t| t.as_str()),
+        Some("old")
+    );
     assert_eq!(sidecar.route.current().generation, 0);
     let (status, _) = put_route(sidecar.health_addr, "old").await;
     assert_eq!(status, 405, "the health port is read-only");

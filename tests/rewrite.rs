@@ -128,3 +128,49 @@ fn broker_names_in_object_keyed_maps_are_mapped() {
     assert!(map_broker_names(b"{\"topic\":\"T\"}", &|n| Some(n.to_owned() + "!")).is_none());
     assert!(map_broker_names(b"{\"brokerName\":\"unterminated", &|_| Some("x".into())).is_none());
 }
+
+#[test]
+fn routes_are_restricted_to_a_role_and_composed() {
+    let body = |name: &str| {
+        route::parse_lenient(format!(
+            "{{\"brokerDatas\":[{{\"brokerAddrs\":{{0:\"10.0.0.1:10911\"}},\"brokerName\":\"{name}\",\"cluster\":\"C\"}}],\"filterServerTable\":{{}},\"orderTopicConf\":\"{name}:4\",\"queueDatas\":[{{\"brokerName\":\"{name}\",\"perm\":14,\"readQueueNums\":4,\"topicSysFlag\":0,\"writeQueueNums\":4}}]}}"
+        ).as_bytes())
+        .unwrap()
+    };
+    let mut producers = body("old-a");
+    route::restrict_perm(&mut producers, route::perm::WRITE);
+    let mut consumers = body("new~a");
+    route::restrict_perm(&mut consumers, route::perm::READ);
+    // Other bits (PRIORITY 8) stay; only READ/WRITE are narrowed.
+    assert_eq!(producers["queueDatas"][0]["perm"], 10);
+    assert_eq!(consumers["queueDatas"][0]["perm"], 12);
+    assert_eq!(producers["orderTopicConf"], "old-a:4");
+    assert!(
+        consumers.get("orderTopicConf").is_none(),
+        "producers build queues from orderTopicConf whatever the perms: dropped where they do not send"
+    );
+    let both = route::compose_routes(Some(producers.clone()), Some(consumers.clone())).unwrap();
+    assert_eq!(both["brokerDatas"].as_array().unwrap().len(), 2);
+    assert_eq!(both["queueDatas"].as_array().unwrap().len(), 2);
+    assert_eq!(both["orderTopicConf"], "old-a:4");
+    assert_eq!(
+        route::compose_routes(None, Some(consumers.clone())),
+        Some(consumers)
+    );
+    assert_eq!(route::compose_routes(None, None), None);
+
+    let info = |names: &[&str]| {
+        serde_json::json!({
+            "brokerAddrTable": names.iter().map(|n| (n.to_string(), serde_json::json!({"brokerName": n}))).collect::<serde_json::Map<_, _>>(),
+            "clusterAddrTable": {"DefaultCluster": names},
+        })
+    };
+    let merged =
+        route::compose_cluster_info(Some(info(&["a"])), Some(info(&["new~a", "a"]))).unwrap();
+    assert_eq!(merged["brokerAddrTable"].as_object().unwrap().len(), 2);
+    assert_eq!(
+        merged["clusterAddrTable"]["DefaultCluster"],
+        serde_json::json!(["a", "new~a"]),
+        "names joined without repeats"
+    );
+}

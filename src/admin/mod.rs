@@ -39,8 +39,8 @@ use crate::health::Health;
 use crate::proxy::check;
 use crate::proxy::listeners::ListenerRegistry;
 use crate::proxy::RelayContext;
-use crate::routing::{RouteSwitch, SwitchError};
-use rmq_common::Target;
+use crate::routing::{RouteRequest, RouteSwitch, SwitchError};
+use rmq_common::{Role, Target};
 
 /// Largest accepted request body (a larger one is answered 413).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -74,10 +74,22 @@ struct LogLevelUpdate {
     filter: String,
 }
 
+/// `PUT /route`: `{"target": T}` moves both roles; `{"producer": T}`, `{"consumer": T}`
+/// or both move those roles only. A field given as `null` is refused, not ignored.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RouteUpdate {
-    target: String,
+    #[serde(default, deserialize_with = "present")]
+    target: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    producer: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    consumer: Option<String>,
+}
+
+/// A field that, when present, must be a string (`null` is an error).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// Serves HTTP/1.1 on `listener` (`port` decides what is served) until `shutdown`.
@@ -262,41 +274,43 @@ async fn mutate(
 }
 
 fn put_route(state: &AdminState, peer: SocketAddr, body: &[u8]) -> (Response<Body>, &'static str) {
-    let update: RouteUpdate = match json_object(body) {
-        Ok(u) => u,
-        Err(e) => {
-            let msg = format!(r#"body must be JSON like {{"target":"new"}}: {e}"#);
+    let request = match json_object::<RouteUpdate>(body)
+        .map_err(|e| format!(r#"body must be JSON like {{"target":"new"}} or {{"producer":"new","consumer":"old"}}: {e}"#))
+        .and_then(route_request)
+    {
+        Ok(r) => r,
+        Err(msg) => {
             tracing::info!(%peer, reason = %msg, "route switch refused: invalid body");
             return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
         }
     };
-    let Some(target) = Target::parse(&update.target) else {
-        tracing::info!(%peer, target = %update.target, "route switch refused: unknown target");
-        let msg = format!("unknown target '{}'; use \"old\" or \"new\"", update.target);
-        return (error(StatusCode::BAD_REQUEST, &msg), "invalid");
-    };
+    let current = state.route.current().targets();
+    let wanted = Role::ALL.into_iter().fold(current, |t, role| {
+        request.get(role).map_or(t, |target| t.with(role, target))
+    });
     if let Some(annotation) = &state.annotation {
-        if let Some(held) = annotation.controlling_target().filter(|h| *h != target) {
+        if let Some(held) = annotation.controlling_target().filter(|h| *h != wanted) {
             let key = annotation.status().key;
             let msg = format!(
                 "the pod annotation {key}=\"{held}\" controls this pod's route; change it with kubectl annotate (or remove it to switch here)"
             );
-            tracing::info!(%peer, %target, %held, "route switch refused: the pod annotation holds the route");
+            tracing::info!(%peer, %wanted, %held, "route switch refused: the pod annotation holds the route");
             return (error(StatusCode::CONFLICT, &msg), "refused");
         }
     }
-    match state.route.switch(target) {
-        Ok((now, changed)) => {
+    match state.route.switch(request) {
+        Ok((now, moved)) => {
             state
                 .ctx
                 .metrics
-                .set_route(now.target.as_str(), now.generation);
-            let outcome = if changed {
-                tracing::info!(%peer, target = %now.target, generation = now.generation, "route switched; the app moves at its next route poll");
-                "applied"
-            } else {
-                tracing::info!(%peer, target = %now.target, "route switch requested: already there");
+                .record_switch(now.targets(), now.generation, &moved);
+            let outcome = if moved.is_empty() {
+                tracing::info!(%peer, route = %now.targets(), "route switch requested: already there");
                 "unchanged"
+            } else {
+                let moved: Vec<&str> = moved.iter().map(|r| r.as_str()).collect();
+                tracing::info!(%peer, route = %now.targets(), moved = ?moved, generation = now.generation, "route switched");
+                "applied"
             };
             (
                 json_response(StatusCode::OK, views::route_json(state)),
@@ -304,16 +318,37 @@ fn put_route(state: &AdminState, peer: SocketAddr, body: &[u8]) -> (Response<Bod
             )
         }
         Err(e @ SwitchError::NotConfigured(_)) => {
-            tracing::info!(%peer, %target, reason = %e, "route switch refused");
+            tracing::info!(%peer, %wanted, reason = %e, "route switch refused");
             (error(StatusCode::BAD_REQUEST, &e.to_string()), "refused")
         }
         Err(e @ SwitchError::Persist { .. }) => {
-            tracing::error!(%peer, %target, reason = %e, "route switch failed");
+            tracing::error!(%peer, %wanted, reason = %e, "route switch failed");
             (
                 error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 "failed",
             )
         }
+    }
+}
+
+/// The roles a `PUT /route` body moves; the error says what to send instead.
+fn route_request(update: RouteUpdate) -> Result<RouteRequest, String> {
+    let parse = |field: &str, v: &str| {
+        Target::parse(v).ok_or_else(|| format!("unknown {field} '{v}'; use \"old\" or \"new\""))
+    };
+    match (update.target, update.producer, update.consumer) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(
+            "give either \"target\" (both roles) or \"producer\"/\"consumer\", not both".to_owned(),
+        ),
+        (Some(t), None, None) => Ok(RouteRequest::whole(parse("target", &t)?)),
+        (None, None, None) => Err(
+            r#"nothing to switch; send {"target":"new"} or {"producer":"new","consumer":"old"}"#
+                .to_owned(),
+        ),
+        (None, producer, consumer) => Ok(RouteRequest {
+            producer: producer.map(|p| parse("producer", &p)).transpose()?,
+            consumer: consumer.map(|c| parse("consumer", &c)).transpose()?,
+        }),
     }
 }
 

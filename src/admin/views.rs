@@ -101,10 +101,18 @@ pub fn route_json(state: &AdminState) -> serde_json::Value {
             "broker_name_prefix": state.config.cluster(t).broker_name_prefix,
         })
     };
+    let targets = now.targets();
     json!({
-        "target": now.target,
+        // Both roles' cluster, or null while producers and consumers are apart.
+        "target": now.whole(),
+        "roles": {
+            "producer": now.producer,
+            "consumer": now.consumer,
+        },
         "generation": now.generation,
         "changed_at_ms": now.changed_at_ms,
+        // Composed answers that did without one cluster (a topic missing there, or no answer).
+        "partial_answers": state.health.partials(&targets),
         "ready": state.health.is_ready(),
         "last_route_answer": state.health.last_route_answer(),
         "last_answer": state.health.last_answer(),

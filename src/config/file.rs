@@ -7,7 +7,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConfigFile {
-    /// Initial target cluster: "old" or "new".
+    /// Initial route: "old", "new" or "producer=new,consumer=old".
     pub target: Option<String>,
     /// Directory for persisted state (target, listener map).
     pub state_dir: Option<String>,

@@ -26,6 +26,7 @@ pub use rmq_common::contract::{
     parse_namesrv_list, DEFAULT_ADMIN_LISTEN, DEFAULT_HEALTH_LISTEN, DEFAULT_NAMESRV_LISTEN,
 };
 pub use rmq_common::logging::LogFormat;
+pub use rmq_common::RoleTargets;
 /// Default loopback range for per-broker listeners.
 pub const DEFAULT_BROKER_BIND: &str = "127.1.0.0/16";
 /// Default fallback port range for broker listeners (below Linux's ephemeral range).
@@ -126,8 +127,8 @@ pub enum UniqueKeyRuleSetting {
 /// Validated, immutable configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Target when no persisted state exists.
-    pub target: Target,
+    /// Where each role goes when no persisted state exists.
+    pub target: RoleTargets,
     /// Where the target and the listener map are persisted.
     pub state_dir: Option<PathBuf>,
     /// Longest drain after SIGTERM.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rmq_common::Target;
+use rmq_common::{Role, RoleTargets, Target};
 
 use super::env::{self, Env};
 use super::file::{self, ConfigFile};
@@ -57,10 +57,10 @@ struct Upstream {
 pub(super) fn config(file: ConfigFile, env: &dyn Env) -> Result<Config, ConfigError> {
     let (target_s, target_env) = pick(env, env::TARGET, file.target);
     let target = match target_s.as_deref() {
-        None => Target::Old,
-        Some(s) => Target::parse(s).ok_or_else(|| ConfigError::Invalid {
+        None => RoleTargets::both(Target::Old),
+        Some(s) => RoleTargets::parse(s).map_err(|message| ConfigError::Invalid {
             key: "target",
-            message: format!("'{s}' is not a cluster; use \"old\" or \"new\""),
+            message,
             env: target_env,
         })?,
     };
@@ -295,7 +295,7 @@ fn upstream(file: &file::UpstreamFile) -> Result<Upstream, ConfigError> {
 
 fn clusters(
     clusters: file::ClustersFile,
-    target: Target,
+    target: RoleTargets,
     env: &dyn Env,
 ) -> Result<(ClusterConfig, ClusterConfig), ConfigError> {
     let old = cluster(Target::Old, clusters.old, env)?;
@@ -327,22 +327,21 @@ fn clusters(
             env: None,
         });
     }
-    let chosen = match target {
-        Target::Old => &old,
-        Target::New => &new,
-    };
-    if chosen.namesrv.is_empty() {
-        let (key, var) = match target {
-            Target::Old => ("clusters.old.namesrv", env::OLD_NAMESRV),
-            Target::New => ("clusters.new.namesrv", env::NEW_NAMESRV),
+    for role in Role::ALL {
+        let chosen = target.get(role);
+        let (cluster, key, var) = match chosen {
+            Target::Old => (&old, "clusters.old.namesrv", env::OLD_NAMESRV),
+            Target::New => (&new, "clusters.new.namesrv", env::NEW_NAMESRV),
         };
-        return Err(ConfigError::Invalid {
-            key,
-            message: format!(
-                "the initial target is '{target}' but it has no name servers; set {key} or {var}"
-            ),
-            env: None,
-        });
+        if cluster.namesrv.is_empty() {
+            return Err(ConfigError::Invalid {
+                key,
+                message: format!(
+                    "the initial target of the {role}s is '{chosen}' but it has no name servers; set {key} or {var}"
+                ),
+                env: None,
+            });
+        }
     }
 
     Ok((old, new))

@@ -143,6 +143,81 @@ pub fn rewrite_topic_list(list: &mut Value, mapper: &dyn RouteMapper) -> Result<
     Ok(())
 }
 
+/// `PermName` bits of a queue (protocol notes §3.4).
+pub mod perm {
+    /// Consumers may read the queue.
+    pub const READ: i64 = 4;
+    /// Producers may write the queue.
+    pub const WRITE: i64 = 2;
+}
+
+/// Keeps only the `perm` bits in `keep` on every queue of a route (already rewritten):
+/// `perm::WRITE` for the cluster the pod's producers use, `perm::READ` for its consumers'.
+/// Producers pick queues whose perm has WRITE, consumers queues whose perm has READ, so a
+/// queue the pod's role does not use there is one its clients never pick. An
+/// `orderTopicConf` (from which producers build their queues whatever the perms) is
+/// dropped unless WRITE is kept.
+pub fn restrict_perm(route: &mut Value, keep: i64) {
+    if let Some(list) = route.get_mut("queueDatas").and_then(Value::as_array_mut) {
+        for qd in list {
+            if let Some(p) = qd.get("perm").and_then(Value::as_i64) {
+                qd["perm"] = Value::from(p & (keep | !(perm::READ | perm::WRITE)));
+            }
+        }
+    }
+    if keep & perm::WRITE == 0 {
+        if let Some(obj) = route.as_object_mut() {
+            obj.remove("orderTopicConf");
+        }
+    }
+}
+
+/// One route from the producers' cluster's and the consumers' cluster's routes of the same
+/// topic (each already rewritten and restricted with [`restrict_perm`]): broker and queue
+/// lists concatenated (broker names are distinct per cluster by their prefix), maps
+/// merged. Either side may be missing (the topic is not on that cluster).
+pub fn compose_routes(producer: Option<Value>, consumer: Option<Value>) -> Option<Value> {
+    match (producer, consumer) {
+        (None, None) => None,
+        (Some(one), None) | (None, Some(one)) => Some(one),
+        (Some(mut p), Some(c)) => {
+            merge_json(&mut p, c);
+            Some(p)
+        }
+    }
+}
+
+/// One cluster info from both clusters' (already rewritten) cluster infos: broker tables
+/// merged, cluster name lists joined.
+pub fn compose_cluster_info(a: Option<Value>, b: Option<Value>) -> Option<Value> {
+    compose_routes(a, b)
+}
+
+/// Merges `from` into `into`: arrays are concatenated, objects merged key by key (arrays
+/// of strings joined without repeats), scalars of `into` kept.
+fn merge_json(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(existing) => merge_json(existing, v),
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for v in b {
+                if !(v.is_string() && a.contains(&v)) {
+                    a.push(v);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Compact standard JSON.
 pub fn to_compact_json(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()

@@ -25,7 +25,8 @@ use crate::protocol::code::{request, response};
 use crate::protocol::route::{self, RouteMapper};
 use crate::protocol::{FrameDecoder, Header, RawFrame};
 use crate::routing::RouteSwitch;
-use rmq_common::Target;
+use rmq_common::{Role, RoleTargets, Target};
+use serde_json::Value;
 
 /// Everything the name-server role needs.
 #[derive(Debug)]
@@ -233,14 +234,16 @@ impl NameServerRole {
     /// [`Self::handle`] with request, response and latency metrics.
     async fn handle_measured(&self, header: Header, frame: RawFrame) -> Option<Bytes> {
         let m = &self.ctx.metrics;
-        let target = self.route.current().target;
-        let t = target.as_str();
+        let targets = self.route.current().targets();
+        // Requests are labelled with the consumers' cluster when the roles are apart (the
+        // cluster of every answer that is not composed).
+        let t = targets.whole().unwrap_or(targets.consumer).as_str();
         let code = header.code;
         m.requests
             .with_label_values(&[t, "namesrv", request_name(code)])
             .inc();
         let started = std::time::Instant::now();
-        let (reply, body) = self.handle(target, header, frame).await?;
+        let (reply, body) = self.handle(targets, header, frame).await?;
         let response_code = reply.code;
         m.responses
             .with_label_values(&[
@@ -253,58 +256,175 @@ impl NameServerRole {
         m.request_duration
             .with_label_values(&[t, "namesrv", code_group(code)])
             .observe(started.elapsed().as_secs_f64());
-        if code == request::GET_ROUTEINFO_BY_TOPIC && response_code == response::SUCCESS {
-            m.route_answers.with_label_values(&[t]).inc();
-        }
         Some(reply.encode_frame(&body))
     }
 
     /// Answers one request (header and body of the reply); `None` for oneway requests.
+    /// With both roles on one cluster every request goes there. With the roles apart,
+    /// route (105) and cluster-info (106) answers are composed from both clusters (see
+    /// [`Self::compose`]); every other request goes to the consumers' cluster.
     async fn handle(
         &self,
-        target: Target,
+        targets: RoleTargets,
         header: Header,
         frame: RawFrame,
     ) -> Option<(Header, Bytes)> {
-        let cluster = self.ctx.cluster(target).clone();
         let body = frame.body();
-        let answer = match cluster.namesrv.call(&header, &body).await {
-            Ok(Some(answer)) => answer,
+        let composed = matches!(
+            header.code,
+            request::GET_ROUTEINFO_BY_TOPIC | request::GET_BROKER_CLUSTER_INFO
+        );
+        let target = match targets.whole() {
+            Some(t) => t,
+            None if composed => return self.compose(targets, &header, &body).await,
+            None => targets.consumer,
+        };
+        let reply = match self.ask(target, &header, &body).await {
+            Ok(Some(fetched)) => fetched,
             Ok(None) => return None,
+            Err(message) => return Some(error_reply(&header, &message)),
+        };
+        match reply {
+            Fetched::Rewritten(reply, value) => {
+                if header.code == request::GET_ROUTEINFO_BY_TOPIC {
+                    self.ctx
+                        .metrics
+                        .route_answers
+                        .with_label_values(&[target.as_str()])
+                        .inc();
+                }
+                Some((reply, Bytes::from(route::to_compact_json(&value))))
+            }
+            Fetched::AsIs(reply, body) => Some((reply, body)),
+        }
+    }
+
+    /// A route or cluster-info answer composed from the producers' and the consumers'
+    /// clusters: each side rewritten to local listeners, a route's queues restricted to
+    /// the role the pod plays on that cluster (WRITE on the producers', READ on the
+    /// consumers'), then merged. A side that fails or does not have the topic is left out
+    /// and reported (log, `GET /route`, metric); when neither side has it, the consumers'
+    /// answer is relayed (a `TOPIC_NOT_EXIST` keeps the client's cached route).
+    async fn compose(
+        &self,
+        targets: RoleTargets,
+        header: &Header,
+        body: &[u8],
+    ) -> Option<(Header, Bytes)> {
+        let (producer, consumer) = tokio::join!(
+            self.ask(targets.producer, header, body),
+            self.ask(targets.consumer, header, body)
+        );
+        let is_route = header.code == request::GET_ROUTEINFO_BY_TOPIC;
+        let topic = header.ext("topic").unwrap_or("").to_owned();
+        let mut found: [Option<Value>; 2] = [None, None];
+        let mut fallback: Option<(Header, Bytes)> = None;
+        for (role, answer) in [(Role::Producer, producer), (Role::Consumer, consumer)] {
+            let cluster = targets.get(role);
+            let missing = match answer {
+                Ok(Some(Fetched::Rewritten(reply, mut value))) => {
+                    if is_route {
+                        let keep = match role {
+                            Role::Producer => route::perm::WRITE,
+                            Role::Consumer => route::perm::READ,
+                        };
+                        route::restrict_perm(&mut value, keep);
+                        self.ctx
+                            .metrics
+                            .route_answers
+                            .with_label_values(&[cluster.as_str()])
+                            .inc();
+                    }
+                    found[role_index(role)] = Some(value);
+                    fallback.get_or_insert((reply, Bytes::new()));
+                    continue;
+                }
+                Ok(Some(Fetched::AsIs(reply, body))) => {
+                    let reason = format!(
+                        "answered code {}{}",
+                        reply.code,
+                        reply
+                            .remark
+                            .as_deref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
+                    );
+                    if role == Role::Consumer || fallback.is_none() {
+                        fallback = Some((reply, body));
+                    }
+                    reason
+                }
+                Ok(None) => return None,
+                Err(message) => {
+                    if fallback.is_none() {
+                        fallback = Some(error_reply(header, &message));
+                    }
+                    message
+                }
+            };
+            self.partial(role, cluster, header.code, &topic, missing);
+        }
+        let [producer, consumer] = found;
+        let merged = if is_route {
+            route::compose_routes(producer, consumer)
+        } else {
+            route::compose_cluster_info(producer, consumer)
+        };
+        match (merged, fallback) {
+            (Some(value), Some((mut reply, _))) => {
+                reply.code = response::SUCCESS;
+                reply.remark = None;
+                Some((reply, Bytes::from(route::to_compact_json(&value))))
+            }
+            (_, Some(answer)) => Some(answer),
+            (_, None) => Some(error_reply(header, "no cluster answered")),
+        }
+    }
+
+    /// Records that `cluster` (where the pod's `role` goes) gave nothing for a composed
+    /// answer: counted every time, logged and listed in `GET /route` when new.
+    fn partial(&self, role: Role, cluster: Target, code: i32, topic: &str, reason: String) {
+        self.ctx
+            .metrics
+            .route_partial_answers
+            .with_label_values(&[cluster.as_str(), role.as_str()])
+            .inc();
+        let what = if code == request::GET_ROUTEINFO_BY_TOPIC {
+            format!("route of {topic}")
+        } else {
+            "cluster info".to_owned()
+        };
+        if self.health.partial_answer(cluster, role, &what, &reason) {
+            tracing::warn!(%cluster, %role, %what, %reason, "composed answer without this cluster: the {role}s get only what the other cluster has");
+        }
+    }
+
+    /// Sends `header` + `body` to `target`'s name servers. `Ok(None)` for a oneway
+    /// request; a successful route, cluster-info or system-topic answer comes back
+    /// rewritten to local listeners, anything else as the upstream sent it. `Err` says why
+    /// no name server answered (or why the answer could not be rewritten).
+    async fn ask(
+        &self,
+        target: Target,
+        header: &Header,
+        body: &[u8],
+    ) -> Result<Option<Fetched>, String> {
+        let cluster = self.ctx.cluster(target).clone();
+        let answer = match cluster.namesrv.call(header, body).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return Ok(None),
             Err(e) => {
                 let message = e.to_string();
                 tracing::warn!(%target, code = header.code, error = %message, "name-server request failed");
                 self.health.failed(target, message.clone());
-                if header.is_oneway() {
-                    return None;
-                }
-                let reply = Header::response_to(
-                    &header,
-                    response::SYSTEM_ERROR,
-                    Some(format!("rmq-sidecar: {message}")),
-                );
-                return Some((reply, Bytes::new()));
+                return Err(message);
             }
         };
         self.health.answered(target, &answer.addr, header.code);
-        if target == self.route.current().target {
-            self.health.set_ready();
-        }
+        self.health.check_ready(&self.route.current().targets());
         let upstream = answer.frame;
-        let mut reply = match Header::decode(upstream.serialize_type(), upstream.header_bytes()) {
-            Ok(h) => h,
-            Err(e) => {
-                let reply = Header::response_to(
-                    &header,
-                    response::SYSTEM_ERROR,
-                    Some(format!(
-                        "rmq-sidecar: name server {} sent a bad header: {e}",
-                        answer.addr
-                    )),
-                );
-                return Some((reply, Bytes::new()));
-            }
-        };
+        let mut reply = Header::decode(upstream.serialize_type(), upstream.header_bytes())
+            .map_err(|e| format!("name server {} sent a bad header: {e}", answer.addr))?;
         reply.opaque = header.opaque;
         let rewritable = matches!(
             header.code,
@@ -313,32 +433,27 @@ impl NameServerRole {
                 | request::GET_SYSTEM_TOPIC_LIST_FROM_NS
         );
         if !rewritable || reply.code != response::SUCCESS || upstream.body().is_empty() {
-            return Some((reply, upstream.body()));
+            return Ok(Some(Fetched::AsIs(reply, upstream.body())));
         }
         match self
-            .rewrite_body(target, &cluster, header.code, &upstream.body())
+            .rewrite_value(target, &cluster, header.code, &upstream.body())
             .await
         {
-            Ok(body) => Some((reply, Bytes::from(body))),
+            Ok(value) => Ok(Some(Fetched::Rewritten(reply, value))),
             Err(message) => {
                 tracing::warn!(%target, code = header.code, error = %message, "cannot rewrite name-server answer; the app keeps its previous route");
-                let reply = Header::response_to(
-                    &header,
-                    response::SYSTEM_ERROR,
-                    Some(format!("rmq-sidecar: {message}")),
-                );
-                Some((reply, Bytes::new()))
+                Err(message)
             }
         }
     }
 
-    async fn rewrite_body(
+    async fn rewrite_value(
         &self,
         target: Target,
         cluster: &Cluster,
         code: i32,
         body: &[u8],
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Value, String> {
         let mut value = route::parse_lenient(body).map_err(|e| e.to_string())?;
         let mut locals = HashMap::new();
         for upstream in route::broker_addresses(&value) {
@@ -359,6 +474,31 @@ impl NameServerRole {
             _ => route::rewrite_topic_list(&mut value, &mapper),
         }
         .map_err(|e| e.to_string())?;
-        Ok(route::to_compact_json(&value))
+        Ok(value)
     }
+}
+
+/// A name server's answer, as the role got it.
+enum Fetched {
+    /// A successful route, cluster-info or topic-list answer, rewritten.
+    Rewritten(Header, Value),
+    /// Any other answer, relayed as it came.
+    AsIs(Header, Bytes),
+}
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Producer => 0,
+        Role::Consumer => 1,
+    }
+}
+
+/// SYSTEM_ERROR with the sidecar's reason: the client keeps its previous route.
+fn error_reply(header: &Header, message: &str) -> (Header, Bytes) {
+    let reply = Header::response_to(
+        header,
+        response::SYSTEM_ERROR,
+        Some(format!("rmq-sidecar: {message}")),
+    );
+    (reply, Bytes::new())
 }

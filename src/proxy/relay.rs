@@ -269,7 +269,7 @@ impl Activity {
     }
 }
 
-/// Resolves when the pod's target is another cluster, nothing the app asked is pending,
+/// Resolves when the pod uses this cluster for no role any more, nothing the app asked is pending,
 /// and the app has sent nothing for `retire_idle`: the client has dropped this broker
 /// (Java and Go clients heartbeat every broker they use every 30 s). Closing the
 /// connection then lets the broker move the app's queues to other group members at
@@ -296,7 +296,7 @@ async fn retire_when_left_behind(
             return activity.idle_for();
         }
         if ctx.retire_idle.is_some()
-            && ctx.route.borrow().target != cluster
+            && !ctx.route.borrow().uses(cluster)
             && activity.pending() == 0
             && activity.idle_for() >= idle
         {

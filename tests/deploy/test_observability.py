@@ -394,8 +394,12 @@ def test_dashboard_shows_the_required_views():
         "non-zero response codes by code": r"sum by \(code, response_code\) \(rate\(rmq_sidecar_responses_total\{response_code!=\"0\"",
         "latency percentiles per group": r"histogram_quantile\(0\.99, sum by \(group, le\) \(rate\(rmq_sidecar_request_duration_seconds_bucket\{group!=\"pull\"",
         "pull latency separately": r"histogram_quantile\(0\.99, sum by \(target, le\) \(rate\(rmq_sidecar_request_duration_seconds_bucket\{group=\"pull\"",
-        "route state per pod": r"max by \(pod\) \(rmq_sidecar_route_target\{target=\"new\"",
-        "pods on new (cutover progress)": r"sum\(rmq_sidecar_route_target\{target=\"new\"",
+        "route state per pod and role": r"max by \(pod, role\) \(rmq_sidecar_route_target\{target=\"new\"",
+        "consumers on new": r"sum\(rmq_sidecar_route_target\{role=\"consumer\", target=\"new\"",
+        "producers on new": r"sum\(rmq_sidecar_route_target\{role=\"producer\", target=\"new\"",
+        "roles per target": r"sum by \(role, target\) \(rmq_sidecar_route_target",
+        "role switches": r"rmq_sidecar_role_switches_total",
+        "composed answers missing a cluster": r"rmq_sidecar_route_partial_answers_total",
         "route answers by answering cluster": r"sum by \(cluster\) \(rate\(rmq_sidecar_route_answers_total",
         "signature refusals": r"rmq_sidecar_signature_refusals_total",
         "credential check != ok": r"rmq_sidecar_credential_check\{outcome!~\"ok\|not_checked\"",
@@ -455,6 +459,7 @@ def test_rules_cover_the_required_alerts():
         "frames rejected": r"rmq_sidecar_frames_rejected_total",
         "target vs answering cluster": r"rmq_sidecar_route_answers_total(.|\n)*rmq_sidecar_route_target",
         "sidecar down": r"up\{job=~\"[^\"]*rmq-sidecar\"\} == 0",
+        "composed routes without a cluster": r"rmq_sidecar_route_partial_answers_total",
     }
     missing = [what for what, pattern in required.items() if not alert_on(pattern)]
     assert not missing, f"no alert for: {missing}"

@@ -2,6 +2,8 @@
 //! reads from it. Changing one is a breaking change for running fleets (old sidecars meet
 //! new injectors during an upgrade), so both binaries take them from here.
 
+use crate::RoleTargets;
+#[cfg(test)]
 use crate::Target;
 
 // --- Kubernetes objects
@@ -153,11 +155,10 @@ pub fn parse_namesrv_list(s: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// The target a route annotation (or stage) value asks for.
-pub fn parse_route_value(value: &str) -> Result<Target, String> {
-    Target::parse(value).ok_or_else(|| {
-        format!("'{value}' is not a route; use \"old\" or \"new\" (per-role values are not supported yet)")
-    })
+/// Where a route annotation (or stage, or `--route`) value sends each role: `old`, `new`,
+/// or `producer=new,consumer=old`.
+pub fn parse_route_value(value: &str) -> Result<RoleTargets, String> {
+    RoleTargets::parse(value)
 }
 
 /// The raw value of `key` in a downward API annotations file (`key="value"` lines, values
@@ -206,8 +207,15 @@ mod tests {
             Some("a \"quoted\" = sign")
         );
         assert_eq!(find_annotation(text, "missing"), None);
-        assert_eq!(parse_route_value(" NEW "), Ok(Target::New));
-        assert!(parse_route_value("producer=new,consumer=old").is_err());
+        assert_eq!(
+            parse_route_value(" NEW "),
+            Ok(RoleTargets::both(Target::New))
+        );
+        assert_eq!(
+            parse_route_value("producer=new,consumer=old").map(|r| r.producer),
+            Ok(Target::New)
+        );
+        assert!(parse_route_value("producer=new").is_err());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! plumbing both use. Nothing here knows RocketMQ's wire protocol or Kubernetes' API.
 //!
 //! # Layout
-//! - [`cluster`]: [`Target`], the id of a cluster (`old` or `new`).
+//! - [`cluster`]: [`Target`], the id of a cluster (`old` or `new`); [`Role`] and
+//!   [`RoleTargets`], where a pod's producers and consumers go.
 //! - [`clock`]: wall-clock milliseconds, as every persisted and reported timestamp uses.
 //! - [`contract`]: the pod contract: annotation keys and values, labels, environment
 //!   variable names, ports, paths and state file names.
@@ -21,4 +22,4 @@ pub mod logging;
 pub mod metrics;
 pub mod serve;
 
-pub use cluster::Target;
+pub use cluster::{Role, RoleTargets, Target};

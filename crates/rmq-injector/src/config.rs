@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use rmq_common::Target;
+use rmq_common::RoleTargets;
 
 /// A configuration error naming the key and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +113,8 @@ pub struct SidecarTemplate {
     pub old_namesrv: String,
     /// New cluster name servers.
     pub new_namesrv: String,
-    /// Target of a pod whose workload has no stage.
-    pub default_target: Target,
+    /// Route of a pod whose workload has no stage (`old`, `new`, or per role).
+    pub default_target: RoleTargets,
     /// Secret with the old cluster's `access-key` / `secret-key`.
     pub old_credentials_secret: Option<String>,
     /// Secret with the new cluster's `access-key` / `secret-key`.
@@ -339,12 +339,8 @@ impl InjectorConfig {
                 },
                 old_namesrv: namesrv_list("sidecar.old_namesrv", &c.old_namesrv)?,
                 new_namesrv: namesrv_list("sidecar.new_namesrv", &c.new_namesrv)?,
-                default_target: Target::parse(&c.default_target).ok_or_else(|| {
-                    invalid(
-                        "sidecar.default_target",
-                        format!("'{}' is not a target; use \"old\" or \"new\"", c.default_target),
-                    )
-                })?,
+                default_target: RoleTargets::parse(&c.default_target)
+                    .map_err(|e| invalid("sidecar.default_target", e))?,
                 old_credentials_secret: non_empty(&c.old_credentials_secret)
                     .map(|n| dns_name("sidecar.old_credentials_secret", n))
                     .transpose()?,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use rmq_common::contract::env;
 use rmq_common::logging::{LogControl, LogFormat};
 use rmq_common::metrics::print_families;
-use rmq_common::Target;
+use rmq_common::RoleTargets;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Uninjectable;
@@ -108,7 +108,7 @@ async fn serve(config: InjectorConfig) -> ExitCode {
 
 /// `rmq-injector inject -f`: the injected manifest on stdout, one note per template on
 /// stderr.
-pub fn inject_offline(file: &Path, config: &Path, route: Option<Target>) -> ExitCode {
+pub fn inject_offline(file: &Path, config: &Path, route: Option<RoleTargets>) -> ExitCode {
     let config = match InjectorConfig::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -132,8 +132,12 @@ pub fn inject_offline(file: &Path, config: &Path, route: Option<Target>) -> Exit
     // Offline there is nobody to admit a pod "unchanged": the policy still decides
     // whether a template that cannot be injected fails the command.
     let policy: Uninjectable = config.uninjectable;
-    match crate::offline::inject_manifest(&text, &config.sidecar, route.map(Target::as_str), policy)
-    {
+    match crate::offline::inject_manifest(
+        &text,
+        &config.sidecar,
+        route.map(|r| r.to_string()).as_deref(),
+        policy,
+    ) {
         Ok(out) => {
             for note in &out.notes {
                 eprintln!("rmq-injector inject: {note}");

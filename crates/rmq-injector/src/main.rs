@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use rmq_common::Target;
+use rmq_common::RoleTargets;
 use rmq_injector::lifecycle::{self, EXIT_CONFIG};
 
 const USAGE: &str = "\
@@ -13,9 +13,10 @@ rmq-injector: the rocketmq-sidecar Kubernetes injector
 USAGE:
     rmq-injector webhook --config injector.toml
                                          the mutating admission webhook (HTTPS)
-    rmq-injector inject -f FILE|- --config injector.toml [--route old|new]
+    rmq-injector inject -f FILE|- --config injector.toml [--route ROUTE]
                                          print FILE with the sidecar injected into its pod
-                                         templates (--route sets their route annotation)
+                                         templates; --route sets their route annotation:
+                                         old, new or producer=new,consumer=old
     rmq-injector list-metrics            print every metric family (name, type, labels, help)
     rmq-injector --version | --help
 ";
@@ -26,7 +27,7 @@ enum Command {
     Inject {
         file: PathBuf,
         config: PathBuf,
-        route: Option<Target>,
+        route: Option<RoleTargets>,
     },
     ListMetrics,
     Help,
@@ -52,10 +53,7 @@ fn parse_args(args: Vec<String>) -> Result<Command, String> {
             "-f" | "--filename" => file = Some(PathBuf::from(value("-f")?)),
             "--route" => {
                 let v = value("--route")?;
-                route = Some(
-                    Target::parse(&v)
-                        .ok_or_else(|| format!("--route '{v}' is not a target; use old or new"))?,
-                );
+                route = Some(RoleTargets::parse(&v).map_err(|e| format!("--route: {e}"))?);
             }
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
@@ -135,9 +133,13 @@ mod tests {
         assert!(matches!(
             parse_args(args("inject -f x.yaml --config i.toml --route new")),
             Ok(Command::Inject {
-                route: Some(Target::New),
+                route: Some(r),
                 ..
-            })
+            }) if r == RoleTargets::both(rmq_common::Target::New)
+        ));
+        assert!(matches!(
+            parse_args(args("inject -f x --config i.toml --route producer=new,consumer=old")),
+            Ok(Command::Inject { route: Some(r), .. }) if r.whole().is_none()
         ));
         assert!(matches!(
             parse_args(args("webhook --config i.toml")),
@@ -151,7 +153,10 @@ mod tests {
                 "list-metrics --route new",
                 "--route does not apply to 'list-metrics'",
             ),
-            ("inject -f x --config c --route sideways", "is not a target"),
+            (
+                "inject -f x --config c --route sideways",
+                "--route: 'sideways' is not a route",
+            ),
         ] {
             match parse_args(args(line)) {
                 Err(e) => assert!(e.contains(message), "{line}: {e}"),

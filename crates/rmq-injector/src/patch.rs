@@ -250,7 +250,7 @@ fn sidecar_container(t: &SidecarTemplate) -> Value {
     let mut env = vec![
         json!({"name": env::OLD_NAMESRV, "value": t.old_namesrv}),
         json!({"name": env::NEW_NAMESRV, "value": t.new_namesrv}),
-        json!({"name": env::TARGET, "value": t.default_target.as_str()}),
+        json!({"name": env::TARGET, "value": t.default_target.to_string()}),
         json!({"name": env::STATE_DIR, "value": STATE_DIR}),
         json!({"name": env::ANNOTATIONS_FILE, "value": format!("{PODINFO_DIR}/annotations")}),
         json!({"name": env::METRICS, "value": format!("0.0.0.0:{HEALTH_PORT}")}),

@@ -338,7 +338,7 @@ async fn lookup_stage(state: &Webhook, request: &review::Request) -> StageResult
         Ok(Some((key, value))) => match rmq_common::contract::parse_route_value(value.trim()) {
             Ok(target) => {
                 count("found");
-                StageResult::Found(target.as_str().to_owned())
+                StageResult::Found(target.to_string())
             }
             Err(e) => {
                 count("invalid");
