@@ -85,7 +85,23 @@ pub struct Metrics {
     pub route_partial_answers: IntCounterVec,
     /// Role switches applied, by `role` and the `target` it moved to.
     pub role_switches: IntCounterVec,
+    /// What the per-cluster role filter did, by `target` and `action`.
+    pub role_filter: IntCounterVec,
 }
+
+/// Every `action` of `role_filter_total`.
+pub const ROLE_FILTER_ACTIONS: &[&str] = &[
+    "heartbeat_consumers_dropped",
+    "heartbeat_producers_dropped",
+    "signed_heartbeat_kept",
+    "lock_refused",
+    "consumer_list_redirected",
+    "redirect_failed",
+    "unregistered",
+    "notified",
+    "own_request_ok",
+    "own_request_refused",
+];
 
 /// Every listener name (`listener` label of the accept metrics).
 pub const LISTENERS: &[&str] = &["namesrv", "broker", "admin", "health"];
@@ -261,8 +277,18 @@ impl Metrics {
                 "Role switches applied, by role and the cluster it moved to",
                 &["role", "target"],
             )?,
+            role_filter: counter(
+                "role_filter_total",
+                "What the per-cluster role filter did: groups dropped from heartbeats, locks refused, member lists redirected, groups unregistered, clients notified",
+                &["target", "action"],
+            )?,
             registry,
         };
+        for t in ["old", "new"] {
+            for action in ROLE_FILTER_ACTIONS {
+                m.role_filter.with_label_values(&[t, action]);
+            }
+        }
         for role in ["producer", "consumer"] {
             for t in ["old", "new"] {
                 m.route_partial_answers.with_label_values(&[t, role]);
@@ -309,6 +335,7 @@ impl Metrics {
             &self.namesrv_requests_refused,
             &self.route_partial_answers,
             &self.role_switches,
+            &self.role_filter,
         ];
         let gauges = [
             &self.client_connections_active,

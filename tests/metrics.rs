@@ -195,6 +195,7 @@ async fn counters_follow_the_traffic_and_the_switch() {
         "endpoint",
         "version",
         "role",
+        "action",
         "le",
     ];
     for line in text

@@ -242,3 +242,164 @@ async fn route_bodies_that_move_roles_are_checked() {
     assert_eq!(now.generation, 1);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+const HEARTBEAT: &str = r#"{"clientID":"10.0.0.7@4242","consumerDataSet":[{"consumeFromWhere":"CONSUME_FROM_LAST_OFFSET","consumeType":"CONSUME_PASSIVELY","groupName":"orders-consumer","messageModel":"CLUSTERING","subscriptionDataSet":[],"unitMode":false}],"producerDataSet":[{"groupName":"billing-producer"},{"groupName":"tx-producer"}]}"#;
+
+/// The local listener of `broker_name` in a route answer.
+fn local_of(route: &Value, broker_name: &str) -> SocketAddr {
+    route["brokerDatas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["brokerName"] == broker_name)
+        .and_then(|b| b["brokerAddrs"]["0"].as_str())
+        .unwrap_or_else(|| panic!("{broker_name} not in {route}"))
+        .parse()
+        .unwrap()
+}
+
+fn groups_of(body: &[u8]) -> (Vec<String>, Vec<String>) {
+    let g = rocketmq_sidecar::protocol::heartbeat::groups(body).unwrap();
+    (g.consumers, g.producers)
+}
+
+#[tokio::test]
+async fn no_cluster_learns_a_role_the_pod_does_not_play_there() {
+    let c = clusters().await;
+    let sidecar = start_sidecar(&sidecar_config(
+        c.old_ns.addr,
+        Some(c.new_ns.addr),
+        "127.84.0.0/16",
+        None,
+    ))
+    .await;
+    let (status, _) = http(
+        sidecar.admin_addr,
+        "PUT",
+        "/route",
+        Some(r#"{"consumer":"new"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, route) = route_of(sidecar.namesrv_addr, "T").await;
+    let route = route.unwrap();
+    let mut old = FrameClient::connect(local_of(&route, "broker-a")).await;
+    let mut new = FrameClient::connect(local_of(&route, "new~broker-a")).await;
+
+    // Heartbeats: old (producers only here) loses the consumer group, new (consumers only)
+    // the producer groups.
+    let hb = request(34, 1, &[]);
+    assert_eq!(old.call(&hb, HEARTBEAT.as_bytes()).await.0.code, 0);
+    assert_eq!(new.call(&hb, HEARTBEAT.as_bytes()).await.0.code, 0);
+    let at_old = c._old_broker.seen_code(34);
+    let at_new = c._new_broker.seen_code(34);
+    assert_eq!(
+        groups_of(&at_old[0].1),
+        (
+            vec![],
+            vec!["billing-producer".into(), "tx-producer".into()]
+        )
+    );
+    assert_eq!(
+        groups_of(&at_new[0].1),
+        (vec!["orders-consumer".into()], vec![])
+    );
+
+    // LOCK_BATCH_MQ towards the producers-only cluster is answered here, locking nothing.
+    let lock = br#"{"clientId":"10.0.0.7@4242","consumerGroup":"orders-consumer","mqSet":[{"brokerName":"broker-a","queueId":0,"topic":"T"}]}"#;
+    let (h, body) = old.call(&request(41, 2, &[]), lock).await;
+    assert_eq!(h.code, 0);
+    assert_eq!(&body[..], br#"{"lockOKMQSet":[]}"#);
+    assert!(
+        c._old_broker.seen_code(41).is_empty(),
+        "the lock reached the broker"
+    );
+    // The member list is the consumers' cluster's, whatever broker the client asked.
+    let (h, _) = old
+        .call(
+            &request(38, 3, &[("consumerGroup", "orders-consumer")]),
+            b"",
+        )
+        .await;
+    assert_eq!((h.code, h.ext("handledBy")), (0, Some("new-a")));
+    assert!(c._old_broker.seen_code(38).is_empty());
+    assert_eq!(c._new_broker.seen_code(38).len(), 1);
+    // Towards the consumers' cluster, locks go through.
+    let (h, _) = new.call(&request(41, 4, &[]), lock).await;
+    assert_eq!(h.ext("handledBy"), Some("new-a"));
+
+    // A transactional half message from tx-producer on old: that group keeps heartbeating
+    // old after the producers leave it; billing-producer is unregistered from old.
+    let half = request(310, 5, &[("a", "tx-producer"), ("b", "T"), ("f", "4")]);
+    assert_eq!(old.call(&half, b"half").await.0.code, 0);
+    let (status, _) = put_route(sidecar.admin_addr, "new").await;
+    assert_eq!(status, 200);
+    assert_eventually!(
+        !c._old_broker.seen_code(35).is_empty(),
+        5,
+        "no UNREGISTER_CLIENT reached old when the producers left it"
+    );
+    let unregistered: Vec<(Option<String>, Option<String>)> = c
+        ._old_broker
+        .seen_code(35)
+        .iter()
+        .map(|(h, _, _)| {
+            assert_eq!(h.ext("clientID"), Some("10.0.0.7@4242"));
+            (
+                h.ext("producerGroup").map(str::to_owned),
+                h.ext("consumerGroup").map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        unregistered,
+        vec![(Some("billing-producer".to_owned()), None)]
+    );
+    assert_eq!(old.call(&hb, HEARTBEAT.as_bytes()).await.0.code, 0);
+    let last = c._old_broker.seen_code(34).pop().unwrap();
+    assert_eq!(groups_of(&last.1), (vec![], vec!["tx-producer".into()]));
+    let (_, body) = http(sidecar.admin_addr, "GET", "/route", None).await;
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc["transactional_producers"]["old"],
+        serde_json::json!({"groups": ["tx-producer"], "producers_left": true}),
+        "{doc}"
+    );
+    // The broker's answer to the sidecar's own UNREGISTER never reaches the app: the next
+    // frame the app gets is the answer to its next request.
+    let (h, _) = old.call(&request(30, 6, &[]), b"").await;
+    assert_eq!(h.opaque, 6);
+
+    // Consumers leave new (back to old): new unregisters the consumer group and the app
+    // is told to rebalance on that connection.
+    let (status, _) = http(
+        sidecar.admin_addr,
+        "PUT",
+        "/route",
+        Some(r#"{"consumer":"old"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eventually!(
+        c._new_broker
+            .seen_code(35)
+            .iter()
+            .any(|(h, _, _)| h.ext("consumerGroup") == Some("orders-consumer")),
+        5,
+        "the consumer group was not unregistered from new"
+    );
+    let notify = new.next().await.expect("NOTIFY_CONSUMER_IDS_CHANGED");
+    let h = header_of(&notify);
+    assert_eq!((h.code, h.is_oneway()), (40, true));
+    assert_eq!(h.ext("consumerGroup"), Some("orders-consumer"));
+
+    let (_, metrics) = http(sidecar.admin_addr, "GET", "/metrics", None).await;
+    for series in [
+        r#"rmq_sidecar_role_filter_total{action="lock_refused",target="old"} 1"#,
+        r#"rmq_sidecar_role_filter_total{action="consumer_list_redirected",target="old"} 1"#,
+        r#"rmq_sidecar_role_filter_total{action="unregistered",target="new"} 1"#,
+        r#"rmq_sidecar_role_filter_total{action="unregistered",target="old"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+}

@@ -113,6 +113,9 @@ pub fn route_json(state: &AdminState) -> serde_json::Value {
         "changed_at_ms": now.changed_at_ms,
         // Composed answers that did without one cluster (a topic missing there, or no answer).
         "partial_answers": state.health.partials(&targets),
+        // Producer groups that sent transactional half messages to a cluster and keep
+        // heartbeating it (for its transaction checks) while the app uses them.
+        "transactional_producers": transactional_json(state),
         "ready": state.health.is_ready(),
         "last_route_answer": state.health.last_route_answer(),
         "last_answer": state.health.last_answer(),
@@ -157,4 +160,26 @@ pub fn credentials_json(state: &AdminState) -> serde_json::Value {
         })
     };
     json!({ "old": one(Target::Old), "new": one(Target::New) })
+}
+
+/// Per cluster, the producer groups kept heartbeating it for their transactions, and
+/// whether the pod's producers have left that cluster (then only this keeps them there).
+fn transactional_json(state: &AdminState) -> serde_json::Value {
+    let producers_on = state.route.current().producer.target;
+    let mut out = serde_json::Map::new();
+    for t in Target::ALL {
+        let mut groups: Vec<String> = state
+            .ctx
+            .transactional
+            .iter()
+            .filter(|e| e.key().0 == t)
+            .map(|e| e.key().1.clone())
+            .collect();
+        groups.sort();
+        out.insert(
+            t.as_str().to_owned(),
+            json!({ "groups": groups, "producers_left": producers_on != t }),
+        );
+    }
+    serde_json::Value::Object(out)
 }

@@ -17,6 +17,12 @@ pub mod request {
     pub const GET_MAX_OFFSET: i32 = 30;
     /// HEART_BEAT: client registration with a broker, every 30 s.
     pub const HEART_BEAT: i32 = 34;
+    /// UNREGISTER_CLIENT: header clientID, producerGroup, consumerGroup. The sidecar sends
+    /// it when a role leaves a cluster, so the broker drops the connection from the group.
+    pub const UNREGISTER_CLIENT: i32 = 35;
+    /// GET_CONSUMER_LIST_BY_GROUP: the rebalance's member list; the Java client sends it to
+    /// a random broker of the topic's route.
+    pub const GET_CONSUMER_LIST_BY_GROUP: i32 = 38;
     /// CHECK_TRANSACTION_STATE: broker -> client.
     pub const CHECK_TRANSACTION_STATE: i32 = 39;
     /// NOTIFY_CONSUMER_IDS_CHANGED: broker -> client, oneway.
@@ -49,6 +55,13 @@ pub mod request {
     pub const SEND_REPLY_MESSAGE_V2: i32 = 325;
     /// QUERY_ASSIGNMENT (5.x pop rebalance): response lists message queues.
     pub const QUERY_ASSIGNMENT: i32 = 400;
+}
+
+/// `sysFlag` bits of a sent message (`MessageSysFlag`).
+pub mod sysflag {
+    /// The first half of a transactional message: the broker keeps it until the producer
+    /// commits or rolls back, asking the producer's group (CHECK_TRANSACTION_STATE) meanwhile.
+    pub const TRANSACTION_PREPARED: i32 = 1 << 2;
 }
 
 /// Response codes the sidecar produces or inspects.

@@ -7,10 +7,12 @@
 //! - [`code`]: request and response codes, flag bits.
 //! - [`route`]: route, cluster-info and topic-list bodies, read leniently, rewritten.
 //! - [`names`]: broker names inside request and response bodies.
+//! - [`heartbeat`]: the groups in HEART_BEAT bodies, filtered per cluster.
 
 pub mod code;
 pub mod frame;
 pub mod header;
+pub mod heartbeat;
 pub mod names;
 pub mod route;
 pub mod wire;

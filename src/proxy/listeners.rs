@@ -138,6 +138,7 @@ impl ListenerRegistry {
                         .with_label_values(&[m.cluster.as_str()])
                         .inc();
                     tracing::info!(cluster = %m.cluster, upstream = %m.upstream, local = %m.local, vip = %m.vip, "broker listener restored");
+                    self.ctx.brokers.insert(m.upstream.clone(), m.cluster);
                     self.by_upstream.insert(m.upstream.clone(), m);
                     restored += 1;
                 }
@@ -193,6 +194,7 @@ impl ListenerRegistry {
             .with_label_values(&[cluster.as_str()])
             .inc();
         tracing::info!(%cluster, %upstream, %local, vip = %vip_addr, "broker listener added");
+        self.ctx.brokers.insert(upstream.to_owned(), cluster);
         self.by_upstream.insert(upstream.to_owned(), m);
         drop(alloc);
         self.persist().await;

@@ -8,6 +8,7 @@ pub mod listeners;
 pub mod namesrv;
 pub mod relay;
 pub mod rename;
+pub mod roles;
 pub mod signing;
 pub mod upstream;
 
@@ -65,6 +66,14 @@ pub struct RelayContext {
     pub draining: watch::Sender<bool>,
     /// Open relays per upstream broker address.
     pub open_by_upstream: dashmap::DashMap<String, (Target, usize)>,
+    /// Every upstream broker address a cluster's routes named (where requests redirected
+    /// to that cluster go).
+    pub brokers: dashmap::DashMap<String, Target>,
+    /// Bumped when the app's consumers should rebalance now (after a route refresh that
+    /// follows a consumer switch); every relay with consumers tells its client.
+    pub consumer_notify: watch::Sender<u64>,
+    /// Producer groups kept heartbeating a cluster for their transactions.
+    pub transactional: roles::TransactionalGroups,
 }
 
 /// Index of a cluster in [`RelayContext::clusters`].
@@ -118,6 +127,9 @@ impl RelayContext {
             metrics,
             draining: watch::channel(false).0,
             open_by_upstream: dashmap::DashMap::new(),
+            brokers: dashmap::DashMap::new(),
+            consumer_notify: watch::channel(0).0,
+            transactional: Default::default(),
         })
     }
 
@@ -125,6 +137,24 @@ impl RelayContext {
     pub async fn drain_requested(&self) {
         let mut rx = self.draining.subscribe();
         let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// A broker address of `target` to send redirected requests to: one the app is
+    /// connected to if there is one, else any its routes named.
+    pub fn broker_of(&self, target: Target) -> Option<String> {
+        let open = self
+            .open_by_upstream
+            .iter()
+            .filter(|e| e.value().0 == target && e.value().1 > 0)
+            .map(|e| e.key().clone())
+            .min();
+        open.or_else(|| {
+            self.brokers
+                .iter()
+                .filter(|e| *e.value() == target)
+                .map(|e| e.key().clone())
+                .min()
+        })
     }
 
     /// The runtime of `target`.

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
 use super::rename::FrameRewriter;
+use super::roles::{RoleFilter, Upward};
 use super::RelayContext;
 use crate::metrics::{code_group, response_code_label, Metrics};
-use crate::protocol::code::request_name;
-use crate::protocol::{FrameDecoder, FrameError, HeaderError, RawFrame};
+use crate::protocol::code::{request_name, response};
+use crate::protocol::{FrameDecoder, FrameError, Header, HeaderError, RawFrame};
 use prometheus::IntCounter;
 use rmq_common::Target;
 
@@ -130,43 +132,191 @@ async fn relay_connected(
         .is_configured()
         .then(|| runtime.signer.clone());
     let rewriter = (renamer.is_active() || signer.is_some())
-        .then(|| Arc::new(FrameRewriter::new(renamer, signer)));
+        .then(|| Arc::new(FrameRewriter::new(renamer, signer.clone())));
+    let roles = Arc::new(RoleFilter::new(
+        cluster,
+        m.clone(),
+        ctx.transactional.clone(),
+    ));
     let (client_rd, client_wr) = client.into_split();
     let (broker_rd, broker_wr) = broker.into_split();
     let max = ctx.frame_max_bytes;
+    // Frames the sidecar itself sends on this connection: to the broker (UNREGISTER_CLIENT
+    // when a role leaves this cluster) and to the app (answers given here, redirected
+    // answers, NOTIFY_CONSUMER_IDS_CHANGED).
+    let (to_broker, to_broker_rx) = mpsc::channel::<Bytes>(INJECTED_QUEUE);
+    let (to_client, to_client_rx) = mpsc::channel::<Injected>(INJECTED_QUEUE);
 
     let activity = Arc::new(Activity::new(m.clone(), cluster));
     let rw_up = rewriter.clone();
     let act_up = activity.clone();
-    let up = pump(client_rd, broker_wr, max, move |f| {
+    let roles_up = roles.clone();
+    let route_up = ctx.route.clone();
+    let redirect_ctx = ctx.clone();
+    let answer_tx = to_client.clone();
+    let up = pump(client_rd, broker_wr, max, Some(to_broker_rx), move |f| {
         act_up.client_frame(&f);
+        let targets = route_up.borrow().targets();
+        let f = match roles_up.client_to_broker(f, targets, max)? {
+            Upward::Forward(f) => f,
+            Upward::Answer(bytes) => {
+                let _ = answer_tx.try_send(Injected::Answer(bytes));
+                return Ok(None);
+            }
+            Upward::Redirect(target, f) => {
+                let (ctx, tx) = (redirect_ctx.clone(), answer_tx.clone());
+                tokio::spawn(async move {
+                    let answer = redirect(&ctx, target, f).await;
+                    let _ = tx.send(Injected::Answer(answer)).await;
+                });
+                return Ok(None);
+            }
+        };
         match &rw_up {
-            Some(rw) => rw.client_to_broker(f),
-            None => Ok(f.into_bytes()),
+            Some(rw) => rw.client_to_broker(f).map(Some),
+            None => Ok(Some(f.into_bytes())),
         }
     });
     let rw_down = rewriter;
     let act_down = activity.clone();
-    let down = pump(broker_rd, client_wr, max, move |f| {
-        act_down.broker_frame(&f);
-        match &rw_down {
-            Some(rw) => rw.broker_to_client(f),
-            None => Ok(f.into_bytes()),
-        }
-    });
+    let roles_down = roles.clone();
+    let down = pump_to_client(
+        broker_rd,
+        client_wr,
+        max,
+        to_client_rx,
+        &activity,
+        move |f| {
+            act_down.broker_frame(&f);
+            if roles_down.is_own_answer(&f) {
+                return Ok(None);
+            }
+            match &rw_down {
+                Some(rw) => rw.broker_to_client(f).map(Some),
+                None => Ok(Some(f.into_bytes())),
+            }
+        },
+    );
     let retire = retire_when_left_behind(ctx, cluster, &activity);
+    tokio::pin!(up, down, retire);
+    let mut route_rx = ctx.route.clone();
+    let mut before = route_rx.borrow_and_update().targets();
+    let mut notify_rx = ctx.consumer_notify.subscribe();
+    notify_rx.borrow_and_update();
 
     // Returning drops both halves of both sockets: the other side is closed too.
-    tokio::select! {
-        end = up => end_of(ctx, peer, cluster, upstream, "client", end),
-        end = down => end_of(ctx, peer, cluster, upstream, "broker", end),
-        idle = retire => {
-            tracing::info!(
-                %peer, %cluster, %upstream, idle_seconds = idle.as_secs(),
-                "closing connection to a cluster this pod has left: the app has stopped using it"
-            );
-            "retired"
+    loop {
+        tokio::select! {
+            end = &mut up => return end_of(ctx, peer, cluster, upstream, "client", end),
+            end = &mut down => return end_of(ctx, peer, cluster, upstream, "broker", end),
+            idle = &mut retire => {
+                tracing::info!(
+                    %peer, %cluster, %upstream, idle_seconds = idle.as_secs(),
+                    "closing connection to a cluster this pod has left: the app has stopped using it"
+                );
+                return "retired";
+            }
+            Ok(()) = route_rx.changed() => {
+                let now = route_rx.borrow_and_update().targets();
+                let change = roles.on_route_change(before, now);
+                before = now;
+                for mut header in change.to_broker {
+                    if let Some(signer) = &signer {
+                        signer.sign(&mut header, &[]);
+                    }
+                    let group = header.ext("consumerGroup").or(header.ext("producerGroup")).unwrap_or("").to_owned();
+                    tracing::info!(%peer, %cluster, %upstream, %group, "a role left this cluster: unregistering the app's group from the broker");
+                    let _ = to_broker.try_send(header.encode_frame(&[]));
+                }
+                for frame in change.to_client {
+                    let _ = to_client.try_send(Injected::Request(frame));
+                }
+            }
+            Ok(()) = notify_rx.changed() => {
+                notify_rx.borrow_and_update();
+                if let Some(frame) = roles.notify_client() {
+                    let _ = to_client.try_send(Injected::Request(frame));
+                }
+            }
         }
+    }
+}
+
+/// Frames the sidecar queues per connection, at most (role changes and answers given here
+/// are rare; a full queue drops the frame and the client retries).
+const INJECTED_QUEUE: usize = 64;
+
+/// A frame the sidecar writes to the app itself.
+#[derive(Debug)]
+enum Injected {
+    /// The answer to one of the app's requests (counted as its response).
+    Answer(Bytes),
+    /// A request to the app, as a broker would send it.
+    Request(Bytes),
+}
+
+/// Sends `frame` (a request of the app) to a broker of `target` on a connection of the
+/// sidecar's own, signed if the cluster has credentials, and returns the answer with the
+/// app's opaque; SYSTEM_ERROR with the reason if no answer came.
+async fn redirect(ctx: &RelayContext, target: Target, frame: RawFrame) -> Bytes {
+    let (opaque, code) = (frame.opaque(), frame.code());
+    let failed = |why: String| {
+        ctx.metrics
+            .role_filter
+            .with_label_values(&[target.as_str(), "redirect_failed"])
+            .inc();
+        tracing::warn!(%target, code, reason = %why, "request for the consumers' cluster could not be redirected");
+        let mut reply = Header::request(response::SYSTEM_ERROR, opaque);
+        reply.flag = crate::protocol::code::FLAG_RESPONSE;
+        reply.remark = Some(format!("rmq-sidecar: {why}"));
+        reply.encode_frame(&[])
+    };
+    let mut header = match Header::decode(frame.serialize_type(), frame.header_bytes()) {
+        Ok(h) => h,
+        Err(e) => return failed(format!("the request's header: {e}")),
+    };
+    let Some(addr) = ctx.broker_of(target) else {
+        return failed(format!("no broker of cluster '{target}' is known yet"));
+    };
+    let cluster = ctx.cluster(target);
+    let body = frame.body();
+    if cluster.signer.is_configured() {
+        cluster.signer.sign(&mut header, &body);
+    }
+    let timeout = ctx.connect_timeout.max(Duration::from_secs(3));
+    let exchange = async {
+        let mut stream = TcpStream::connect(&addr).await?;
+        stream.write_all(&header.encode_frame(&body)).await?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut decoder = FrameDecoder::new(ctx.frame_max_bytes);
+        loop {
+            if let Some(f) = decoder
+                .decode(&mut buf)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
+            {
+                if f.is_response() && f.opaque() == opaque {
+                    return Ok::<RawFrame, std::io::Error>(f);
+                }
+                continue;
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before answering",
+                ));
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(answer)) => {
+            tracing::debug!(%target, %addr, code, "request answered by the consumers' cluster");
+            answer.into_bytes()
+        }
+        Ok(Err(e)) => failed(format!("{addr}: {e}")),
+        Err(_) => failed(format!(
+            "{addr}: no answer within {} ms",
+            timeout.as_millis()
+        )),
     }
 }
 
@@ -363,12 +513,19 @@ async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, batch: &mut BytesMut) -> std::
     Ok(())
 }
 
-/// Reads frames from `rd`, passes each through `transform` and writes the result to `wr`.
-pub async fn pump<R, W, F>(mut rd: R, mut wr: W, max_frame: usize, transform: F) -> PumpEnd
+/// Reads frames from `rd`, passes each through `transform` and writes what it returns to
+/// `wr` (`None`: nothing to send). Frames from `inject` are written between frames.
+pub async fn pump<R, W, F>(
+    mut rd: R,
+    mut wr: W,
+    max_frame: usize,
+    mut inject: Option<mpsc::Receiver<Bytes>>,
+    transform: F,
+) -> PumpEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    F: Fn(RawFrame) -> Result<Bytes, HeaderError>,
+    F: Fn(RawFrame) -> Result<Option<Bytes>, HeaderError>,
 {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // Small frames decoded from one read leave in one write (one syscall, not one each);
@@ -380,7 +537,8 @@ where
             match decoder.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     let out = match transform(frame) {
-                        Ok(out) => out,
+                        Ok(Some(out)) => out,
+                        Ok(None) => continue,
                         Err(e) => return PumpEnd::Rewrite(e),
                     };
                     if batch.len() + out.len() <= BATCH_BYTES {
@@ -401,11 +559,63 @@ where
         if let Err(e) = flush(&mut wr, &mut batch).await {
             return PumpEnd::Write(e);
         }
-        match rd.read_buf(&mut buf).await {
+        let read = match inject.as_mut() {
+            None => rd.read_buf(&mut buf).await,
+            Some(rx) => tokio::select! {
+                r = rd.read_buf(&mut buf) => r,
+                Some(frame) = rx.recv() => {
+                    if let Err(e) = wr.write_all(&frame).await {
+                        return PumpEnd::Write(e);
+                    }
+                    continue;
+                }
+            },
+        };
+        match read {
             Ok(0) if buf.is_empty() => return PumpEnd::Closed,
             Ok(0) => return PumpEnd::Truncated(buf.len()),
             Ok(_) => {}
             Err(e) => return PumpEnd::Read(e),
         }
+    }
+}
+
+/// [`pump`] towards the app: frames the sidecar writes itself (answers given here are
+/// counted as responses to the app's requests) are interleaved between the broker's.
+async fn pump_to_client<R, W, F>(
+    rd: R,
+    wr: W,
+    max_frame: usize,
+    mut injected: mpsc::Receiver<Injected>,
+    activity: &Arc<Activity>,
+    transform: F,
+) -> PumpEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: Fn(RawFrame) -> Result<Option<Bytes>, HeaderError>,
+{
+    let (tx, rx) = mpsc::channel::<Bytes>(INJECTED_QUEUE);
+    let activity = activity.clone();
+    let forward = async move {
+        while let Some(item) = injected.recv().await {
+            let bytes = match item {
+                Injected::Answer(bytes) => {
+                    if let Ok(f) = RawFrame::parse(bytes.clone(), usize::MAX) {
+                        activity.broker_frame(&f);
+                    }
+                    bytes
+                }
+                Injected::Request(bytes) => bytes,
+            };
+            if tx.send(bytes).await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        end = pump(rd, wr, max_frame, Some(rx), transform) => end,
+        _ = forward => PumpEnd::Closed,
     }
 }

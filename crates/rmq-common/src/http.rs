@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -24,8 +24,9 @@ pub type Body = Full<Bytes>;
 pub struct Http1Limits {
     /// Largest request body; a larger one is answered 413 without reaching the handler.
     pub max_body: usize,
-    /// Longest time a client may take to send a request's headers; then the connection
-    /// is closed (a connection that never finishes its headers holds nothing for long).
+    /// Longest time a client may take to send a request's headers, and then again its
+    /// body; then the connection is closed (a client that never finishes its request holds
+    /// nothing for long).
     pub header_timeout: Duration,
 }
 
@@ -52,17 +53,9 @@ where
         let on_refused = on_refused.clone();
         async move {
             let (parts, body) = req.into_parts();
-            let response = match Limited::new(body, limits.max_body).collect().await {
-                Ok(collected) => handler(Request::from_parts(parts, collected.to_bytes())).await,
-                Err(e) => {
-                    let refusal = if e
-                        .downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        BodyRefusal::TooLarge
-                    } else {
-                        BodyRefusal::Unreadable(e.to_string())
-                    };
+            let response = match read_body(body, limits).await {
+                Ok(bytes) => handler(Request::from_parts(parts, bytes)).await,
+                Err(refusal) => {
                     on_refused(&refusal);
                     match refusal {
                         BodyRefusal::TooLarge => error(
@@ -88,6 +81,46 @@ where
         tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
+
+/// Reads a request body of at most `limits.max_body` bytes. A larger one is read on and
+/// dropped (up to [`DRAIN_MAX`] bytes, for at most `limits.header_timeout`) so that the
+/// client, which sends its whole body before it reads the answer, gets the 413 instead of
+/// a reset connection.
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    limits: Http1Limits,
+) -> Result<Bytes, BodyRefusal> {
+    let read = async {
+        let mut kept = bytes::BytesMut::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyRefusal::Unreadable(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                total = total.saturating_add(data.len());
+                if total <= limits.max_body {
+                    kept.extend_from_slice(&data);
+                } else if total > DRAIN_MAX.max(limits.max_body) {
+                    break;
+                }
+            }
+        }
+        if total > limits.max_body {
+            Err(BodyRefusal::TooLarge)
+        } else {
+            Ok(kept.freeze())
+        }
+    };
+    match tokio::time::timeout(limits.header_timeout, read).await {
+        Ok(result) => result,
+        Err(_) => Err(BodyRefusal::Unreadable(format!(
+            "the body did not arrive within {} s",
+            limits.header_timeout.as_secs()
+        ))),
+    }
+}
+
+/// Most bytes of a too-large body read and dropped before answering 413.
+pub const DRAIN_MAX: usize = 16 << 20;
 
 /// A plain-text response.
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
