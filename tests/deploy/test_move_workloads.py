@@ -440,3 +440,58 @@ def test_script_is_an_executable_python3_script():
     assert SCRIPT.stat().st_mode & stat.S_IXUSR
     r = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "--batch-percent" in r.stdout
+
+
+# --------------------------------------------------------------------------- one role at a time
+
+
+def test_a_service_moves_its_consumers_first_and_its_producers_later(sidecar_bin, tmp_path):
+    """A service that consumes and produces: --role consumer moves its consumers (annotation and
+    stage become producer=old,consumer=new, the real sidecars report it), --role producer then
+    completes the move (both `new`); a re-run changes nothing."""
+    labels = {"app": "svc"}
+    sidecars, pods = {}, {}
+    try:
+        for name in ("svc-1", "svc-2"):
+            podinfo = tmp_path / name / "podinfo"
+            fake_kubectl.write_downward_api(podinfo, pod(labels)["annotations"])
+            sc = SidecarProcess(sidecar_bin, tmp_path / name / "sidecar",
+                                extra_env={"RMQ_SIDECAR_ANNOTATIONS_FILE": str(podinfo / "annotations")})
+            sidecars[name] = sc.start()
+            pods[name] = pod(labels, podinfo=podinfo, port=sc.health_port)
+        cluster = FakeCluster(tmp_path / "cluster", {"deployment/svc": {"selector": {"matchLabels": labels}}},
+                              pods, configmaps={STAGES: {"data": {}}})
+        for name, sc in sidecars.items():
+            wait_for(lambda: sidecar_route(sc)["controlled_by"] == "annotation", f"{name} follows its annotation")
+
+        def move(role: str) -> subprocess.CompletedProcess:
+            return cluster.run("--namespace", NS, "--context", CONTEXT, "--to", "new", "--role", role,
+                               "--consumers", "deployment/svc", "--batch-size", "2", "--timeout", "20",
+                               *FAST, "--yes")
+
+        r = move("consumer")
+        assert r.returncode == 0, r.stderr
+        assert "move consumers to new" in r.stdout
+        state = cluster.state()
+        assert state["configmaps"][STAGES]["data"]["deployment.svc"] == "producer=old,consumer=new"
+        for name, sc in sidecars.items():
+            assert state["pods"][name]["annotations"][ROUTE] == "producer=old,consumer=new"
+            doc = sidecar_route(sc)
+            assert (doc["target"], doc["roles"]["consumer"]["target"], doc["roles"]["producer"]["target"],
+                    doc["controlled_by"]) == (None, "new", "old", "annotation"), doc
+
+        again = len(cluster.calls())
+        r = move("consumer")
+        assert r.returncode == 0 and not mutations(cluster.calls()[again:]), "a re-run changed something"
+
+        r = move("producer")
+        assert r.returncode == 0, r.stderr
+        state = cluster.state()
+        assert state["configmaps"][STAGES]["data"]["deployment.svc"] == "new"
+        for name, sc in sidecars.items():
+            assert state["pods"][name]["annotations"][ROUTE] == "new"
+            doc = sidecar_route(sc)
+            assert (doc["target"], doc["controlled_by"]) == ("new", "annotation"), doc
+    finally:
+        for sc in sidecars.values():
+            sc.stop()

@@ -1636,6 +1636,19 @@ class Sidecar:
         log(f"sidecar {self.name}: switched to {target}: {json.dumps(body)[:300]}")
         return body
 
+    def switch_roles(self, producer: str | None = None, consumer: str | None = None) -> dict:
+        """PUT /route {"producer": ..., "consumer": ...} (the roles given); raise unless 200 with
+        each given role on its target."""
+        body = {k: v for k, v in (("producer", producer), ("consumer", consumer)) if v is not None}
+        status, doc = self._http("PUT", "/route", body)
+        self.switches.append((time.time(), json.dumps(body), status, doc))
+        ok = status == 200 and isinstance(doc, dict) and all(
+            doc.get("roles", {}).get(role, {}).get("target") == t for role, t in body.items())
+        if not ok:
+            raise HarnessError(f"sidecar {self.name}: PUT /route {body} -> {status} {doc!r}")
+        log(f"sidecar {self.name}: roles switched {body}: target={doc.get('target')}")
+        return doc
+
     def alive(self) -> bool:
         return bool(self.proc and self.proc.alive())
 

@@ -31,7 +31,10 @@ import org.apache.rocketmq.client.consumer.DefaultMQPushConsumer;
 import org.apache.rocketmq.client.consumer.rebalance.AllocateMessageQueueAveragely;
 import org.apache.rocketmq.client.consumer.listener.ConsumeConcurrentlyContext;
 import org.apache.rocketmq.client.consumer.listener.ConsumeConcurrentlyStatus;
+import org.apache.rocketmq.client.consumer.listener.ConsumeOrderlyContext;
+import org.apache.rocketmq.client.consumer.listener.ConsumeOrderlyStatus;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerConcurrently;
+import org.apache.rocketmq.client.consumer.listener.MessageListenerOrderly;
 import org.apache.rocketmq.client.producer.DefaultMQProducer;
 import org.apache.rocketmq.client.producer.SendResult;
 import org.apache.rocketmq.client.producer.SendStatus;
@@ -54,7 +57,9 @@ import org.apache.rocketmq.remoting.RPCHook;
  *       key = body). One line per SEND_OK:
  *       {@code key TAB brokerName TAB msgId TAB offsetMsgId TAB epochMillis}. A failed send is
  *       retried with the same key until it succeeds or the pod is stopped.</li>
- *   <li>{@code consumer --topic T --group G --out FILE [--consume-from last|first]}: push consumer
+ *   <li>{@code consumer --topic T --group G --out FILE [--consume-from last|first] [--orderly]}: push
+ *       consumer ({@code --orderly}: a {@code MessageListenerOrderly}, which locks its queues with
+ *       LOCK_BATCH_MQ);
  *       (CLUSTERING); one line per received message:
  *       {@code key TAB brokerName TAB queueId TAB queueOffset TAB epochMillis}.</li>
  *   <li>{@code smoke --topic T --group G --count N [--timeout-s S] [--out FILE]}: produce N keys and
@@ -339,6 +344,25 @@ public final class Pod {
             usage("--consume-from must be first or last");
         }
         consumer.subscribe(topic, "*");
+        if (opts.containsKey("orderly")) {
+            consumer.registerMessageListener((MessageListenerOrderly) (msgs, context) -> {
+                String brokerName = context.getMessageQueue().getBrokerName();
+                try {
+                    for (MessageExt m : msgs) {
+                        String key = m.getKeys();
+                        if (key == null || key.isEmpty()) {
+                            key = new String(m.getBody(), StandardCharsets.UTF_8);
+                        }
+                        receiver.accept(key, brokerName, m);
+                    }
+                } catch (IOException e) {
+                    log("cannot record message: %s", e);
+                    return ConsumeOrderlyStatus.SUSPEND_CURRENT_QUEUE_A_MOMENT;
+                }
+                return ConsumeOrderlyStatus.SUCCESS;
+            });
+            return consumer;
+        }
         consumer.registerMessageListener((MessageListenerConcurrently) (msgs, context) -> {
             String brokerName = context.getMessageQueue().getBrokerName();
             try {
@@ -583,7 +607,7 @@ public final class Pod {
                 usage("unexpected argument " + a);
             }
             String k = a.substring(2);
-            if (k.equals("forever")) {
+            if (k.equals("forever") || k.equals("orderly")) {
                 m.put(k, "true");
             } else if (i + 1 < args.length) {
                 m.put(k, args[++i]);
