@@ -396,6 +396,15 @@ def test_offline_inject_of_the_example_app(injector_bin, admit_hook):
         assert b["spec"]["template"]["metadata"]["annotations"]["rocketmq-sidecar/route"] == "old"
         a["spec"]["template"]["metadata"]["annotations"]["rocketmq-sidecar/route"] = "old"
         assert a == b, "--route changed more than the route annotation"
+    # One role at a time: the per-role value, in the sidecar's own spelling (either order given).
+    split = run_inject(injector_bin, admit_hook.config, r.stdout, "--route", "consumer=new,producer=old")
+    assert split.returncode == 0, split.stderr
+    for doc in yaml.safe_load_all(split.stdout):
+        if doc and doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            route = doc["spec"]["template"]["metadata"]["annotations"]["rocketmq-sidecar/route"]
+            assert route == "producer=old,consumer=new", route
+    bad = run_inject(injector_bin, admit_hook.config, r.stdout, "--route", "consumer=new")
+    assert bad.returncode == 64 and "does not name both roles" in bad.stderr, bad.stderr
 
 
 def test_offline_inject_refuses_clearly(injector_bin, admit_hook, deny_hook, tmp_path):
