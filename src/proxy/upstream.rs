@@ -1,10 +1,16 @@
 //! The sidecar's own client for one cluster's name servers. Requests are multiplexed
 //! over one connection per name server with the sidecar's own opaques. Name servers are
-//! tried in turn, each with a timeout; the last one that answered is tried first next time.
+//! tried in turn; the last one that answered is tried first next time.
+//!
+//! A dead or hung name server must cost the app's queries little: while another name
+//! server remains to be tried, an attempt gets at most [`FAILOVER_AFTER`] (connect and
+//! answer), well inside the Java client's own 3 s timeout; a name server that failed is
+//! tried last for [`DOWN_FOR`]; and no lock is held across a connect, so concurrent
+//! queries never queue behind one.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
@@ -17,6 +23,11 @@ use super::Signer;
 use crate::metrics::Metrics;
 use crate::protocol::{FrameDecoder, Header, RawFrame};
 use rmq_common::Target;
+
+/// Longest an attempt may take while another name server remains to be tried.
+pub const FAILOVER_AFTER: Duration = Duration::from_millis(1000);
+/// How long a name server that failed is tried only after the others.
+pub const DOWN_FOR: Duration = Duration::from_secs(10);
 
 /// Why no name server answered.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +61,9 @@ pub struct NameServerClient {
     addrs: Vec<String>,
     preferred: AtomicUsize,
     conns: Vec<Mutex<Option<Arc<NsConn>>>>,
+    /// Per name server: until when it counts as down (ms since `epoch`; 0 = up).
+    down_until: Vec<AtomicU64>,
+    epoch: Instant,
     next_opaque: AtomicI32,
     connect_timeout: Duration,
     timeout: Duration,
@@ -79,11 +93,14 @@ impl NameServerClient {
         metrics: Metrics,
     ) -> Self {
         let conns = addrs.iter().map(|_| Mutex::new(None)).collect();
+        let down_until = addrs.iter().map(|_| AtomicU64::new(0)).collect();
         Self {
             target,
             addrs,
             preferred: AtomicUsize::new(0),
             conns,
+            down_until,
+            epoch: Instant::now(),
             next_opaque: AtomicI32::new(1),
             connect_timeout,
             timeout,
@@ -112,11 +129,13 @@ impl NameServerClient {
             return Err(NsError::NotConfigured(self.target));
         }
         let start = self.preferred.load(Ordering::Relaxed);
+        let order = self.order(start);
         let mut reasons = Vec::new();
-        for i in 0..self.addrs.len() {
-            let idx = (start + i) % self.addrs.len();
-            match self.call_one(idx, header, body).await {
+        for (n, &idx) in order.iter().enumerate() {
+            let last = n + 1 == order.len();
+            match self.call_one(idx, header, body, last).await {
                 Ok(answer) => {
+                    self.down_until[idx].store(0, Ordering::Relaxed);
                     if idx != start {
                         self.metrics
                             .namesrv_failovers
@@ -133,6 +152,7 @@ impl NameServerClient {
                     return Ok(answer);
                 }
                 Err(reason) => {
+                    self.mark_down(idx);
                     tracing::debug!(cluster = %self.target, addr = %self.addrs[idx], %reason, "name server attempt failed");
                     reasons.push(format!("{}: {reason}", self.addrs[idx]));
                 }
@@ -144,13 +164,38 @@ impl NameServerClient {
         })
     }
 
+    /// Name servers in the order to try them: from `start` round the list, those that
+    /// failed within [`DOWN_FOR`] last.
+    fn order(&self, start: usize) -> Vec<usize> {
+        let now = self.now_ms();
+        let (mut up, mut down): (Vec<usize>, Vec<usize>) = (0..self.addrs.len())
+            .map(|i| (start + i) % self.addrs.len())
+            .partition(|&i| self.down_until[i].load(Ordering::Relaxed) <= now);
+        up.append(&mut down);
+        up
+    }
+
+    fn mark_down(&self, idx: usize) {
+        let until = self.now_ms() + DOWN_FOR.as_millis() as u64;
+        self.down_until[idx].store(until, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// One attempt at name server `idx`; `last` when no other remains to be tried (then
+    /// it gets the full timeouts).
     async fn call_one(
         &self,
         idx: usize,
         header: &Header,
         body: &[u8],
+        last: bool,
     ) -> Result<Option<NsAnswer>, String> {
-        let conn = self.connection(idx).await?;
+        let budget = |full: Duration| if last { full } else { full.min(FAILOVER_AFTER) };
+        let conn = self.connection(idx, budget(self.connect_timeout)).await?;
+        let timeout = budget(self.timeout);
         let mut header = header.clone();
         header.opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed) & i32::MAX;
         // Name servers of a cluster with credentials get signed requests too (TDMQ's and
@@ -170,7 +215,7 @@ impl NameServerClient {
             conn.pending.remove(&header.opaque);
             return Err("connection closed".to_owned());
         }
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(frame)) => {
                 self.signer.observe_server_version(frame.version());
                 if signed && frame.code() != 0 {
@@ -189,21 +234,26 @@ impl NameServerClient {
                 // Like the Java client: a timed-out connection is not trusted again.
                 conn.alive.store(false, Ordering::SeqCst);
                 *self.conns[idx].lock().await = None;
-                Err(format!("no answer within {} ms", self.timeout.as_millis()))
+                Err(format!("no answer within {} ms", timeout.as_millis()))
             }
         }
     }
 
-    async fn connection(&self, idx: usize) -> Result<Arc<NsConn>, String> {
-        let mut slot = self.conns[idx].lock().await;
-        if let Some(conn) = slot.as_ref() {
+    /// The open connection to name server `idx`, or a new one. The connect happens
+    /// without the slot's lock held: a slow connect holds up no other query.
+    async fn connection(
+        &self,
+        idx: usize,
+        connect_timeout: Duration,
+    ) -> Result<Arc<NsConn>, String> {
+        if let Some(conn) = self.conns[idx].lock().await.as_ref() {
             if conn.alive.load(Ordering::SeqCst) {
                 return Ok(conn.clone());
             }
         }
         let addr = &self.addrs[idx];
         let labels = [self.target.as_str(), "namesrv"];
-        let connected = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await;
+        let connected = tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await;
         let stream = match connected {
             Ok(Ok(s)) => s,
             failed => {
@@ -213,13 +263,17 @@ impl NameServerClient {
                     .inc();
                 return Err(match failed {
                     Ok(Err(e)) => format!("connect failed: {e}"),
-                    _ => format!(
-                        "connect timed out after {} ms",
-                        self.connect_timeout.as_millis()
-                    ),
+                    _ => format!("connect timed out after {} ms", connect_timeout.as_millis()),
                 });
             }
         };
+        let mut slot = self.conns[idx].lock().await;
+        if let Some(conn) = slot.as_ref() {
+            // Another query connected meanwhile: use its connection, drop this one.
+            if conn.alive.load(Ordering::SeqCst) {
+                return Ok(conn.clone());
+            }
+        }
         let _ = stream.set_nodelay(true);
         self.metrics
             .upstream_connections_opened
