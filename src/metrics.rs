@@ -87,6 +87,8 @@ pub struct Metrics {
     pub role_switches: IntCounterVec,
     /// What the per-cluster role filter did, by `target` and `action`.
     pub role_filter: IntCounterVec,
+    /// Broker listeners closed because their broker refuses connections, by `target`.
+    pub broker_listeners_down: IntGaugeVec,
 }
 
 /// Every `action` of `role_filter_total`.
@@ -282,9 +284,15 @@ impl Metrics {
                 "What the per-cluster role filter did: groups dropped from heartbeats, locks refused, member lists redirected, groups unregistered, clients notified",
                 &["target", "action"],
             )?,
+            broker_listeners_down: gauge(
+                "broker_listeners_down",
+                "Broker listeners closed while their broker refuses connections (reopened when it accepts again)",
+                &["target"],
+            )?,
             registry,
         };
         for t in ["old", "new"] {
+            m.broker_listeners_down.with_label_values(&[t]);
             for action in ROLE_FILTER_ACTIONS {
                 m.role_filter.with_label_values(&[t, action]);
             }
@@ -341,6 +349,7 @@ impl Metrics {
             &self.client_connections_active,
             &self.upstream_connections_active,
             &self.broker_listeners,
+            &self.broker_listeners_down,
             &self.route_target,
             &self.credential_check,
             &self.build_info,

@@ -16,11 +16,12 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use rmq_common::serve::{self, AcceptConfig};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 
 use super::relay;
@@ -320,6 +321,14 @@ impl ListenerRegistry {
     }
 }
 
+/// How often a broker that refused connections is probed while its listener is closed.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// Accepts app connections for `m` until `POST /drain`. While its broker refuses
+/// connections the listener is closed, so the app's connects are refused at once, as they
+/// would be by the broker itself (a connection the sidecar accepts and then closes holds a
+/// Java 4.9 client until its request timeout, 3 s, before it tries another broker); the
+/// broker is probed every [`PROBE_EVERY`] and the listener reopened when it accepts again.
 async fn accept_loop(
     ctx: Arc<RelayContext>,
     listener: TcpListener,
@@ -327,21 +336,68 @@ async fn accept_loop(
     kind: &'static str,
 ) {
     let local = if kind == "vip" { m.vip } else { m.local };
-    let config = AcceptConfig {
-        name: "broker",
-        local,
-        max_connections: ctx.max_broker_connections,
-    };
-    let observer = ctx.metrics.accept_observer("broker");
-    let drain = ctx.clone();
-    serve::serve(
-        listener,
-        config,
-        observer,
-        async move { drain.drain_requested().await },
-        |stream, peer| relay::run(ctx.clone(), stream, peer, m.cluster, m.upstream.clone()),
-    )
-    .await;
+    let down = ctx.upstream_down_signal(&m.upstream);
+    let mut listener = Some(listener);
+    loop {
+        let Some(open) = listener.take() else { return };
+        let config = AcceptConfig {
+            name: "broker",
+            local,
+            max_connections: ctx.max_broker_connections,
+        };
+        let observer = ctx.metrics.accept_observer("broker");
+        let stop = ctx.clone();
+        let handler_ctx = ctx.clone();
+        let (cluster, upstream) = (m.cluster, m.upstream.clone());
+        let notified = down.clone();
+        serve::serve(
+            open,
+            config,
+            observer,
+            async move {
+                tokio::select! {
+                    _ = stop.drain_requested() => {}
+                    _ = notified.notified() => {}
+                }
+            },
+            move |stream, peer| {
+                relay::run(handler_ctx.clone(), stream, peer, cluster, upstream.clone())
+            },
+        )
+        .await;
+        if *ctx.draining.borrow() {
+            return;
+        }
+        // The broker refused: stay closed until it accepts again.
+        let gauge = ctx
+            .metrics
+            .broker_listeners_down
+            .with_label_values(&[m.cluster.as_str()]);
+        gauge.inc();
+        tracing::warn!(cluster = %m.cluster, upstream = %m.upstream, %local, listener = kind, "broker refuses connections: listener closed, so the app's connects fail at once and it tries another broker");
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_EVERY) => {}
+                _ = ctx.drain_requested() => { gauge.dec(); return; }
+            }
+            let probe =
+                tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(&m.upstream)).await;
+            if !matches!(probe, Ok(Ok(_))) {
+                continue;
+            }
+            match bind(local) {
+                Ok(l) => {
+                    tracing::info!(cluster = %m.cluster, upstream = %m.upstream, %local, listener = kind, "broker accepts again: listener reopened");
+                    listener = Some(l);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %m.upstream, %local, error = %e, "broker is back but its listener cannot be reopened yet; retrying");
+                }
+            }
+        }
+        gauge.dec();
+    }
 }
 
 fn try_pair(

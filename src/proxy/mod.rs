@@ -74,6 +74,9 @@ pub struct RelayContext {
     pub consumer_notify: watch::Sender<u64>,
     /// Producer groups kept heartbeating a cluster for their transactions.
     pub transactional: roles::TransactionalGroups,
+    /// Per upstream broker: woken when a connect to it failed (its listeners then close
+    /// until it accepts again).
+    pub upstream_down: dashmap::DashMap<String, Arc<tokio::sync::Notify>>,
 }
 
 /// Index of a cluster in [`RelayContext::clusters`].
@@ -130,6 +133,7 @@ impl RelayContext {
             brokers: dashmap::DashMap::new(),
             consumer_notify: watch::channel(0).0,
             transactional: Default::default(),
+            upstream_down: dashmap::DashMap::new(),
         })
     }
 
@@ -155,6 +159,19 @@ impl RelayContext {
                 .map(|e| e.key().clone())
                 .min()
         })
+    }
+
+    /// The signal the listeners of `upstream` wait on for "it refuses connections".
+    pub fn upstream_down_signal(&self, upstream: &str) -> Arc<tokio::sync::Notify> {
+        self.upstream_down
+            .entry(upstream.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Reports that `upstream` refused (or did not answer) a connect.
+    pub fn upstream_refused(&self, upstream: &str) {
+        self.upstream_down_signal(upstream).notify_waiters();
     }
 
     /// The runtime of `target`.

@@ -112,6 +112,7 @@ async fn relay_connected(
                     tracing::warn!(%peer, %cluster, %upstream, timeout_ms = ctx.connect_timeout.as_millis() as u64, "upstream broker connect timed out; closing client connection")
                 }
             }
+            ctx.upstream_refused(upstream);
             return "upstream_unreachable";
         }
     };
