@@ -191,6 +191,7 @@ impl App {
             route.clone(),
             health.clone(),
             config.limits.namesrv_inflight,
+            config.limits.namesrv_frame_max_bytes,
         ));
         let mut tasks = vec![];
         // The pod annotation (if followed) is applied before anything reports ready.

@@ -214,3 +214,23 @@ fn codes_above_i16_survive_in_json() {
     let back = Header::decode(SerializeType::Json, &h.to_json()).unwrap();
     assert_eq!(back.code, 200_050);
 }
+
+#[test]
+fn an_announced_frame_is_not_reserved_beyond_what_arrives() {
+    use bytes::{BufMut, BytesMut};
+    use rocketmq_sidecar::protocol::frame::RESERVE_AHEAD;
+    use rocketmq_sidecar::protocol::FrameDecoder;
+    use tokio_util::codec::Decoder;
+    // A frame that announces 16 MiB - 4 and sends 100 bytes of it.
+    let mut buf = BytesMut::new();
+    buf.put_i32((16 << 20) - 8);
+    buf.put_i32(16);
+    buf.extend_from_slice(&[b'{'; 92]);
+    let mut decoder = FrameDecoder::new(16 << 20);
+    assert!(decoder.decode(&mut buf).unwrap().is_none());
+    assert!(
+        buf.capacity() <= 100 + RESERVE_AHEAD + 64,
+        "{} bytes reserved for 100 received",
+        buf.capacity()
+    );
+}

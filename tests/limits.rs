@@ -204,3 +204,76 @@ async fn live(addr: std::net::SocketAddr) -> bool {
     let _ = s.read_to_end(&mut out).await;
     out.starts_with(b"HTTP/1.1 200")
 }
+
+#[tokio::test]
+async fn an_unfinished_frame_is_cut_and_a_held_pull_is_not() {
+    // The broker holds pulls 3 s, longer than the partial-frame bound of 1 s.
+    let broker = FakeBroker::start("old-a", Duration::from_secs(3)).await;
+    let ns = FakeNameServer::start(HashMap::from([(
+        "T".into(),
+        fastjson_route("broker-a", broker.addr),
+    )]))
+    .await;
+    let cfg = sidecar_config(ns.addr, None, "127.95.0.0/16", None)
+        + "[limits]\npartial_frame_seconds = 1\nnamesrv_frame_max_bytes = 2048\n";
+    let sidecar = start_sidecar(&cfg).await;
+    let local = local_master(sidecar.namesrv_addr, "T").await;
+
+    // A held pull on one connection: its request is complete, its answer comes after 3 s.
+    let mut puller = FrameClient::connect(local).await;
+    let pull = request(11, 1, &[("topic", "T"), ("queueId", "0")]);
+    puller.send(&pull, b"").await;
+    // A frame announced and never finished, on the broker listener and on the name server.
+    let announce = |n: i32| {
+        let mut b = (n + 4).to_be_bytes().to_vec();
+        b.extend(16i32.to_be_bytes());
+        b.extend(b"{\"code\":10");
+        b
+    };
+    let mut stalled_broker = FrameClient::connect(local).await;
+    stalled_broker.send_raw(&announce(200)).await;
+    let mut stalled_ns = FrameClient::connect(sidecar.namesrv_addr).await;
+    stalled_ns.send_raw(&announce(200)).await;
+    assert!(
+        stalled_broker.closed().await,
+        "an unfinished frame held its broker connection"
+    );
+    assert!(
+        stalled_ns.closed().await,
+        "an unfinished frame held its name-server connection"
+    );
+    let answer = puller
+        .next()
+        .await
+        .expect("the held pull is answered, not cut");
+    assert_eq!(
+        (answer.opaque(), header_of(&answer).ext("handledBy")),
+        (1, Some("old-a"))
+    );
+
+    // Route requests are small: a 4 KiB frame closes its name-server connection.
+    let mut big = FrameClient::connect(sidecar.namesrv_addr).await;
+    big.send(&request(105, 2, &[("topic", &"T".repeat(4096))]), b"")
+        .await;
+    assert!(
+        big.closed().await,
+        "a 4 KiB frame was accepted on the name-server port"
+    );
+    let (_, text) = http(sidecar.admin_addr, "GET", "/metrics", None).await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"rmq_sidecar_frames_rejected_total{reason="stalled"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"rmq_sidecar_frames_rejected_total{reason="too_large"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -48,6 +48,8 @@ pub fn config_json(c: &Config) -> serde_json::Value {
             "admin_connections": c.limits.admin_connections,
             "health_connections": c.limits.health_connections,
             "namesrv_inflight": c.limits.namesrv_inflight,
+            "namesrv_frame_max_bytes": c.limits.namesrv_frame_max_bytes,
+            "partial_frame_seconds": c.limits.partial_frame.as_secs(),
         },
         "clusters": { "old": cluster(&c.old), "new": cluster(&c.new) },
     })

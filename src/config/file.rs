@@ -88,6 +88,10 @@ pub struct LimitsFile {
     pub health_connections: Option<u64>,
     /// Most name-server requests being answered at once; more get SYSTEM_BUSY.
     pub namesrv_inflight: Option<u64>,
+    /// Largest frame accepted on the name-server listener (route requests are small).
+    pub namesrv_frame_max_bytes: Option<u64>,
+    /// Longest a connection may hold an incomplete frame before it is closed.
+    pub partial_frame_seconds: Option<u64>,
 }
 
 /// `[clusters]`

@@ -82,6 +82,10 @@ pub struct Limits {
     pub health_connections: usize,
     /// Most name-server requests being answered at once; more are answered SYSTEM_BUSY.
     pub namesrv_inflight: usize,
+    /// Largest frame accepted on the name-server listener.
+    pub namesrv_frame_max_bytes: usize,
+    /// Longest a connection may hold an incomplete frame (a complete one never waits).
+    pub partial_frame: Duration,
 }
 
 impl Default for Limits {
@@ -92,6 +96,8 @@ impl Default for Limits {
             admin_connections: 64,
             health_connections: 256,
             namesrv_inflight: 256,
+            namesrv_frame_max_bytes: 64 * 1024,
+            partial_frame: Duration::from_secs(30),
         }
     }
 }

@@ -408,6 +408,28 @@ fn limits(file: &file::LimitsFile) -> Result<Limits, ConfigError> {
             file.namesrv_inflight,
             d.namesrv_inflight,
         )?,
+        namesrv_frame_max_bytes: match file.namesrv_frame_max_bytes {
+            None => d.namesrv_frame_max_bytes,
+            Some(n @ 1024..=16_777_216) => n as usize,
+            Some(n) => {
+                return Err(ConfigError::Invalid {
+                    key: "limits.namesrv_frame_max_bytes",
+                    message: format!("{n} is outside 1024..=16777216"),
+                    env: None,
+                })
+            }
+        },
+        partial_frame: match file.partial_frame_seconds {
+            None => d.partial_frame,
+            Some(n @ 1..=3600) => Duration::from_secs(n),
+            Some(n) => {
+                return Err(ConfigError::Invalid {
+                    key: "limits.partial_frame_seconds",
+                    message: format!("{n} is outside 1..=3600 seconds"),
+                    env: None,
+                })
+            }
+        },
     })
 }
 

@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 use super::wire::PREFIX_LEN;
 
+/// Most bytes reserved ahead of what has arrived of an incomplete frame.
+pub const RESERVE_AHEAD: usize = 1 << 20;
+
 /// Why a byte stream is not a valid frame. Each closes the one connection it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -201,8 +204,10 @@ impl Decoder for FrameDecoder {
             return Ok(None);
         };
         if src.len() < total {
-            // Reserve only after the length was validated against the limit.
-            src.reserve(total - src.len());
+            // Reserve only after the length was validated against the limit, and only so
+            // far ahead: a peer that announces a large frame and trickles it in holds what
+            // it sent, not what it announced.
+            src.reserve((total - src.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         let bytes = src.split_to(total).freeze();

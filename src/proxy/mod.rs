@@ -52,6 +52,10 @@ pub struct RelayContext {
     pub conns: ConnTracker,
     /// Largest accepted frame.
     pub frame_max_bytes: usize,
+    /// Longest a connection may hold an incomplete frame.
+    pub partial_frame: Duration,
+    /// Log lines about bad frames, at most one per 10 s.
+    bad_frames: std::sync::Mutex<rmq_common::serve::RateLimitedLog>,
     /// Connect timeout to brokers.
     pub connect_timeout: Duration,
     /// Most app connections open at once on each broker listener.
@@ -123,6 +127,10 @@ impl RelayContext {
             clusters: [make(Target::Old)?, make(Target::New)?],
             conns: ConnTracker::default(),
             frame_max_bytes: config.frame_max_bytes,
+            partial_frame: config.limits.partial_frame,
+            bad_frames: std::sync::Mutex::new(rmq_common::serve::RateLimitedLog::new(
+                rmq_common::serve::LOG_EVERY,
+            )),
             connect_timeout: config.connect_timeout,
             max_broker_connections: config.limits.broker_connections,
             route,
@@ -159,6 +167,15 @@ impl RelayContext {
                 .map(|e| e.key().clone())
                 .min()
         })
+    }
+
+    /// `Some(lines held back)` when a line about a bad frame may be logged now (at most
+    /// one per 10 s: a flood of bad frames must not flood the log).
+    pub fn bad_frame_log(&self) -> Option<u64> {
+        self.bad_frames
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow()
     }
 
     /// The signal the listeners of `upstream` wait on for "it refuses connections".

@@ -40,6 +40,8 @@ pub struct NameServerRole {
     listeners: Arc<ListenerRegistry>,
     route: Arc<RouteSwitch>,
     health: Arc<Health>,
+    /// Largest frame accepted from the app.
+    max_frame: usize,
     /// One permit per request being answered.
     inflight: Arc<Semaphore>,
     /// The consumer generation whose first route refresh already triggered a notify.
@@ -73,8 +75,10 @@ impl NameServerRole {
         route: Arc<RouteSwitch>,
         health: Arc<Health>,
         max_inflight: usize,
+        max_frame: usize,
     ) -> Self {
         Self {
+            max_frame,
             ctx,
             listeners,
             route,
@@ -127,7 +131,9 @@ impl NameServerRole {
             }
         });
         let mut buf = BytesMut::with_capacity(4096);
-        let mut decoder = FrameDecoder::new(self.ctx.frame_max_bytes);
+        let mut decoder = FrameDecoder::new(self.max_frame);
+        // When the incomplete frame at the head of `buf` began to arrive.
+        let mut partial_since: Option<tokio::time::Instant> = None;
         // (what happened, metric label); None = closed cleanly by the app
         let reason: Option<(String, &'static str)> = 'conn: loop {
             loop {
@@ -162,11 +168,28 @@ impl NameServerRole {
                     Err(e) => break 'conn Some((e.to_string(), e.reason())),
                 }
             }
+            let stall_deadline = if buf.is_empty() {
+                partial_since = None;
+                None
+            } else {
+                Some(
+                    *partial_since.get_or_insert_with(tokio::time::Instant::now)
+                        + self.ctx.partial_frame,
+                )
+            };
             let read = tokio::select! {
                 r = rd.read_buf(&mut buf) => r,
                 // Draining: stop reading (a partly read request is dropped, not a bad
                 // frame); answers already being worked on still go out.
                 _ = self.ctx.drain_requested() => break 'conn None,
+                _ = sleep_until_some(stall_deadline) => {
+                    let what = format!(
+                        "an incomplete frame ({} bytes) was not finished within {} s",
+                        buf.len(),
+                        self.ctx.partial_frame.as_secs()
+                    );
+                    break 'conn Some((what, "stalled"));
+                }
             };
             match read {
                 Ok(0) if buf.is_empty() => break None,
@@ -195,7 +218,9 @@ impl NameServerRole {
                 m.client_connections_closed
                     .with_label_values(&["namesrv", "bad_frame"])
                     .inc();
-                tracing::warn!(%peer, %reason, "closing name-server connection: bad frame");
+                if let Some(suppressed) = self.ctx.bad_frame_log() {
+                    tracing::warn!(%peer, %reason, suppressed, "closing name-server connection: bad frame");
+                }
                 writer.abort();
             }
             None => {
@@ -537,4 +562,12 @@ fn error_reply(header: &Header, message: &str) -> (Header, Bytes) {
         Some(format!("rmq-sidecar: {message}")),
     );
     (reply, Bytes::new())
+}
+
+/// Resolves at `deadline`, or never when there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

@@ -35,6 +35,9 @@ pub enum PumpEnd {
     /// The reading side closed in the middle of a frame.
     #[error("closed in the middle of a frame ({0} bytes pending)")]
     Truncated(usize),
+    /// An incomplete frame was not finished in time.
+    #[error("an incomplete frame ({0} bytes) was not finished in time")]
+    Stalled(usize),
     /// A frame was malformed or too large.
     #[error("{0}")]
     Frame(FrameError),
@@ -142,6 +145,10 @@ async fn relay_connected(
     let (client_rd, client_wr) = client.into_split();
     let (broker_rd, broker_wr) = broker.into_split();
     let max = ctx.frame_max_bytes;
+    let limits = PumpLimits {
+        max_frame: max,
+        partial_frame: ctx.partial_frame,
+    };
     // Frames the sidecar itself sends on this connection: to the broker (UNREGISTER_CLIENT
     // when a role leaves this cluster) and to the app (answers given here, redirected
     // answers, NOTIFY_CONSUMER_IDS_CHANGED).
@@ -155,7 +162,7 @@ async fn relay_connected(
     let route_up = ctx.route.clone();
     let redirect_ctx = ctx.clone();
     let answer_tx = to_client.clone();
-    let up = pump(client_rd, broker_wr, max, Some(to_broker_rx), move |f| {
+    let up = pump(client_rd, broker_wr, limits, Some(to_broker_rx), move |f| {
         act_up.client_frame(&f);
         let targets = route_up.borrow().targets();
         let f = match roles_up.client_to_broker(f, targets, max)? {
@@ -184,7 +191,7 @@ async fn relay_connected(
     let down = pump_to_client(
         broker_rd,
         client_wr,
-        max,
+        limits,
         to_client_rx,
         &activity,
         move |f| {
@@ -474,12 +481,14 @@ fn end_of(
                 "upstream_closed"
             }
         }
-        PumpEnd::Frame(_) | PumpEnd::Rewrite(_) | PumpEnd::Truncated(_) => {
+        PumpEnd::Frame(_) | PumpEnd::Rewrite(_) | PumpEnd::Truncated(_) | PumpEnd::Stalled(_) => {
             ctx.metrics
                 .frames_rejected
                 .with_label_values(&[end.reason()])
                 .inc();
-            tracing::warn!(%peer, %cluster, %upstream, from = side, reason = %end, "closing connection: bad frame");
+            if let Some(suppressed) = ctx.bad_frame_log() {
+                tracing::warn!(%peer, %cluster, %upstream, from = side, reason = %end, suppressed, "closing connection: bad frame");
+            }
             "bad_frame"
         }
         PumpEnd::Read(_) | PumpEnd::Write(_) => {
@@ -498,6 +507,7 @@ impl PumpEnd {
             PumpEnd::Frame(e) => e.reason(),
             PumpEnd::Rewrite(_) => "bad_header",
             PumpEnd::Truncated(_) => "truncated",
+            PumpEnd::Stalled(_) => "stalled",
             PumpEnd::Closed | PumpEnd::Read(_) | PumpEnd::Write(_) => "none",
         }
     }
@@ -519,7 +529,7 @@ async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, batch: &mut BytesMut) -> std::
 pub async fn pump<R, W, F>(
     mut rd: R,
     mut wr: W,
-    max_frame: usize,
+    limits: PumpLimits,
     mut inject: Option<mpsc::Receiver<Bytes>>,
     transform: F,
 ) -> PumpEnd
@@ -532,7 +542,9 @@ where
     // Small frames decoded from one read leave in one write (one syscall, not one each);
     // large frames are written as they are, without a copy.
     let mut batch = BytesMut::with_capacity(BATCH_BYTES);
-    let mut decoder = FrameDecoder::new(max_frame);
+    let mut decoder = FrameDecoder::new(limits.max_frame);
+    // When the incomplete frame at the head of `buf` began to arrive.
+    let mut partial_since: Option<tokio::time::Instant> = None;
     loop {
         loop {
             match decoder.decode(&mut buf) {
@@ -560,17 +572,25 @@ where
         if let Err(e) = flush(&mut wr, &mut batch).await {
             return PumpEnd::Write(e);
         }
-        let read = match inject.as_mut() {
-            None => rd.read_buf(&mut buf).await,
-            Some(rx) => tokio::select! {
-                r = rd.read_buf(&mut buf) => r,
-                Some(frame) = rx.recv() => {
-                    if let Err(e) = wr.write_all(&frame).await {
-                        return PumpEnd::Write(e);
-                    }
-                    continue;
+        // Only an incomplete frame has a deadline: a complete request waiting for its
+        // answer (a held long-poll) is never cut.
+        let stall = if buf.is_empty() {
+            partial_since = None;
+            None
+        } else {
+            Some(
+                *partial_since.get_or_insert_with(tokio::time::Instant::now) + limits.partial_frame,
+            )
+        };
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            Some(frame) = recv_some(&mut inject) => {
+                if let Err(e) = wr.write_all(&frame).await {
+                    return PumpEnd::Write(e);
                 }
-            },
+                continue;
+            }
+            _ = sleep_until_some(stall) => return PumpEnd::Stalled(buf.len()),
         };
         match read {
             Ok(0) if buf.is_empty() => return PumpEnd::Closed,
@@ -581,12 +601,35 @@ where
     }
 }
 
+/// What bounds one direction of a relay.
+#[derive(Debug, Clone, Copy)]
+pub struct PumpLimits {
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// Longest an incomplete frame may take to finish.
+    pub partial_frame: Duration,
+}
+
+async fn recv_some(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// [`pump`] towards the app: frames the sidecar writes itself (answers given here are
 /// counted as responses to the app's requests) are interleaved between the broker's.
 async fn pump_to_client<R, W, F>(
     rd: R,
     wr: W,
-    max_frame: usize,
+    limits: PumpLimits,
     mut injected: mpsc::Receiver<Injected>,
     activity: &Arc<Activity>,
     transform: F,
@@ -616,7 +659,7 @@ where
         std::future::pending::<()>().await;
     };
     tokio::select! {
-        end = pump(rd, wr, max_frame, Some(rx), transform) => end,
+        end = pump(rd, wr, limits, Some(rx), transform) => end,
         _ = forward => PumpEnd::Closed,
     }
 }
