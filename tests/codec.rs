@@ -233,4 +233,42 @@ fn an_announced_frame_is_not_reserved_beyond_what_arrives() {
         "{} bytes reserved for 100 received",
         buf.capacity()
     );
+
+fn unknown_json_fields_keep_their_order_fuzz_header_json() {
+    // fuzz/header_json found this: the known fields were taken out with `Map::remove`,
+    // which (serde_json's preserve_order) swaps the last field into the hole, so two
+    // unknown fields came back reversed and `to_json` wrote them out of order.
+    let found = br#"{"code":0,"flag":1,"language":"JAVA","o":3,"serializeTypeCurrentRPC":"JSON","version":479}"#;
+    let h = Header::decode(SerializeType::Json, found).unwrap();
+    let keys: Vec<&String> = h.other.keys().collect();
+    assert_eq!(keys, ["o", "serializeTypeCurrentRPC"]);
+    let back = Header::decode(SerializeType::Json, &h.to_json()).unwrap();
+    assert!(back.other.iter().eq(h.other.iter()), "{:?}", back.other);
+
+    // A Java header (alphabetical) with a field this sidecar does not know is re-encoded
+    // byte for byte.
+    let java = r#"{"code":105,"extFields":{"topic":"TopicTest"},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","traceOn":"true","version":479}"#;
+    let h = Header::decode(SerializeType::Json, java.as_bytes()).unwrap();
+    assert_eq!(String::from_utf8(h.to_json()).unwrap(), java);
+}
+
+#[test]
+fn binary_duplicate_keys_keep_the_order_of_arrival() {
+    // Same defect in the binary decoder: the last duplicate wins, and the other keys keep
+    // the order they arrived in.
+    let mut bin = Header::request(310, 1).to_binary();
+    bin.truncate(bin.len() - 4); // drop the empty ext map's length word
+    let mut ext = Vec::new();
+    for (k, v) in [("b", "first"), ("a", "PG"), ("c", "x"), ("b", "last")] {
+        ext.extend_from_slice(&(k.len() as i16).to_be_bytes());
+        ext.extend_from_slice(k.as_bytes());
+        ext.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        ext.extend_from_slice(v.as_bytes());
+    }
+    bin.extend_from_slice(&(ext.len() as i32).to_be_bytes());
+    bin.extend_from_slice(&ext);
+    let back = Header::decode(SerializeType::RocketMq, &bin).unwrap();
+    let keys: Vec<&String> = back.ext_fields.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["a", "c", "b"]);
+    assert_eq!(back.ext("b"), Some("last"));
 }

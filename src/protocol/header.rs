@@ -152,21 +152,23 @@ impl Header {
         let Value::Object(mut map) = value else {
             return Err(HeaderError::Json("not an object".to_owned()));
         };
+        // Known fields are taken out with `shift_remove` so that the unknown ones keep
+        // their order (`remove` swaps the last field into the hole).
         let code = take_number(&mut map, "code")?.ok_or(HeaderError::Field("code"))?;
         let version = take_number(&mut map, "version")?.unwrap_or(0);
         let opaque = take_number(&mut map, "opaque")?.unwrap_or(0);
         let flag = take_number(&mut map, "flag")?.unwrap_or(0);
-        let language = match map.remove("language") {
+        let language = match map.shift_remove("language") {
             Some(Value::String(s)) => s,
             Some(Value::Number(n)) => language_name(n.as_u64().unwrap_or(7) as u8).to_owned(),
             _ => "JAVA".to_owned(),
         };
-        let remark = match map.remove("remark") {
+        let remark = match map.shift_remove("remark") {
             Some(Value::String(s)) => Some(s),
             Some(Value::Null) | None => None,
             Some(other) => Some(other.to_string()),
         };
-        let ext_fields = match map.remove("extFields") {
+        let ext_fields = match map.shift_remove("extFields") {
             Some(Value::Object(ext)) => Some(normalize_ext(ext)),
             Some(Value::Null) | None => None,
             Some(_) => return Err(HeaderError::Json("extFields is not an object".to_owned())),
@@ -207,7 +209,8 @@ impl Header {
                 let val = take_str(&mut ext_bytes, val_len.max(0) as usize, "ext value")?;
                 // Duplicated keys (5.x FastCodes headers) collapse: the last one wins,
                 // exactly as Java's HashMap does when the server decodes them.
-                ext.remove(&key);
+                // `shift_remove`: `remove` would swap the last key into the hole.
+                ext.shift_remove(&key);
                 ext.insert(key, Value::String(val));
             }
             Some(ext)
@@ -329,7 +332,7 @@ fn take_number(
     map: &mut Map<String, Value>,
     key: &'static str,
 ) -> Result<Option<i32>, HeaderError> {
-    match map.remove(key) {
+    match map.shift_remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_i64()
