@@ -233,7 +233,9 @@ fn an_announced_frame_is_not_reserved_beyond_what_arrives() {
         "{} bytes reserved for 100 received",
         buf.capacity()
     );
+}
 
+#[test]
 fn unknown_json_fields_keep_their_order_fuzz_header_json() {
     // fuzz/header_json found this: the known fields were taken out with `Map::remove`,
     // which (serde_json's preserve_order) swaps the last field into the hole, so two
