@@ -21,6 +21,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== fuzz: every cargo-fuzz target for ${RMQ_FUZZ_SECONDS:-10} s (scripts/fuzz.sh; nightly, cargo-fuzz installed if missing)"
+scripts/fuzz.sh "${RMQ_FUZZ_SECONDS:-10}"
 
 echo "== test dependencies: tests/apt-packages.txt (missing ones only), tests/requirements.txt"
 need python3
