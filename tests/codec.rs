@@ -274,3 +274,26 @@ fn binary_duplicate_keys_keep_the_order_of_arrival() {
     assert_eq!(keys, ["a", "c", "b"]);
     assert_eq!(back.ext("b"), Some("last"));
 }
+
+#[test]
+fn an_ext_integer_is_found_without_decoding_the_header() {
+    use rocketmq_sidecar::protocol::header::json_ext_int;
+    let java = br#"{"code":310,"extFields":{"a":"PG","b":"T","f":"4","i":"KEYS\u0001\"f\":\"9\u0002"},"flag":0,"language":"JAVA","opaque":1,"version":479}"#;
+    assert_eq!(json_ext_int(java, "f"), Some(4));
+    // C++ writes numbers unquoted.
+    assert_eq!(
+        json_ext_int(br#"{"extFields":{"f":12,"a":"PG"}}"#, "f"),
+        Some(12)
+    );
+    assert_eq!(
+        json_ext_int(br#"{"extFields":{"sysFlag":"0"}}"#, "sysFlag"),
+        Some(0)
+    );
+    assert_eq!(json_ext_int(java, "sysFlag"), None);
+    assert_eq!(json_ext_int(br#"{"extFields":{"f":"x"}}"#, "f"), None);
+    // A quoted key inside a value is escaped, so it is never taken for the field.
+    assert_eq!(
+        json_ext_int(br#"{"extFields":{"i":"\"f\":\"4\""}}"#, "f"),
+        None
+    );
+}

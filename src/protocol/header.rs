@@ -107,6 +107,28 @@ pub fn peek_summary(serialize: SerializeType, header: &[u8]) -> Result<FrameSumm
     }
 }
 
+/// The integer value of ext field `key` in a JSON header, found by scanning its bytes for
+/// `"key":"N"` or `"key":N` without decoding the header (for a check on every send).
+/// Inside a JSON string a quote is escaped, so the pattern cannot match inside a value.
+/// `None` when the key is absent or its value is not an integer; a binary header needs
+/// [`Header::decode`].
+pub fn json_ext_int(header: &[u8], key: &str) -> Option<i64> {
+    let mut pattern = Vec::with_capacity(key.len() + 3);
+    pattern.push(b'"');
+    pattern.extend_from_slice(key.as_bytes());
+    pattern.extend_from_slice(b"\":");
+    let at = header
+        .windows(pattern.len())
+        .position(|w| w == pattern.as_slice())?;
+    let rest = &header[at + pattern.len()..];
+    let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
+    let end = rest
+        .iter()
+        .position(|b| !(b.is_ascii_digit() || *b == b'-'))
+        .unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
 // === impl Header ===
 
 impl Header {

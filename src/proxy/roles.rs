@@ -33,7 +33,8 @@ use rmq_common::{Role, RoleTargets, Target};
 
 use crate::metrics::Metrics;
 use crate::protocol::code::{request, response, sysflag};
-use crate::protocol::{heartbeat, Header, HeaderError, RawFrame};
+use crate::protocol::header::json_ext_int;
+use crate::protocol::{heartbeat, Header, HeaderError, RawFrame, SerializeType};
 
 /// Most groups remembered per connection (a client has a handful).
 const MAX_GROUPS: usize = 256;
@@ -306,12 +307,20 @@ impl RoleFilter {
     }
 
     fn note_transaction(&self, frame: &RawFrame) -> Result<(), HeaderError> {
-        let header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
         let (group_key, flag_key) = if frame.code() == request::SEND_MESSAGE_V2 {
             ("a", "f")
         } else {
             ("producerGroup", "sysFlag")
         };
+        // Every send passes here: a JSON header is scanned, not decoded, and only a
+        // transactional half message (rare) is decoded for its group.
+        if frame.serialize_type() == SerializeType::Json {
+            let flag = json_ext_int(frame.header_bytes(), flag_key).unwrap_or(0);
+            if flag & i64::from(sysflag::TRANSACTION_PREPARED) == 0 {
+                return Ok(());
+            }
+        }
+        let header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
         let flag: i32 = header
             .ext(flag_key)
             .and_then(|f| f.parse().ok())
