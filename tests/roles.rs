@@ -314,16 +314,33 @@ async fn no_cluster_learns_a_role_the_pod_does_not_play_there() {
         c._old_broker.seen_code(41).is_empty(),
         "the lock reached the broker"
     );
-    // The member list is the consumers' cluster's, whatever broker the client asked.
-    let (h, _) = old
+    // The member list is the consumers' cluster's, whatever broker the client asked, with
+    // the app in it (it joins new's group at its next heartbeat; listed, it takes queues).
+    let (h, body) = old
         .call(
             &request(38, 3, &[("consumerGroup", "orders-consumer")]),
             b"",
         )
         .await;
     assert_eq!((h.code, h.ext("handledBy")), (0, Some("new-a")));
+    assert_eq!(
+        &body[..],
+        br#"{"consumerIdList":["10.9.9.9@other","10.0.0.7@4242"]}"#
+    );
     assert!(c._old_broker.seen_code(38).is_empty());
     assert_eq!(c._new_broker.seen_code(38).len(), 1);
+    // Asked of new itself, the same.
+    let (h, body) = new
+        .call(
+            &request(38, 7, &[("consumerGroup", "orders-consumer")]),
+            b"",
+        )
+        .await;
+    assert_eq!(h.opaque, 7);
+    assert_eq!(
+        &body[..],
+        br#"{"consumerIdList":["10.9.9.9@other","10.0.0.7@4242"]}"#
+    );
     // Towards the consumers' cluster, locks go through.
     let (h, _) = new.call(&request(41, 4, &[]), lock).await;
     assert_eq!(h.ext("handledBy"), Some("new-a"));
@@ -392,6 +409,26 @@ async fn no_cluster_learns_a_role_the_pod_does_not_play_there() {
     let h = header_of(&notify);
     assert_eq!((h.code, h.is_oneway()), (40, true));
     assert_eq!(h.ext("consumerGroup"), Some("orders-consumer"));
+    // Until the app fetches a route, its rebalance of new's queues (towards new, which its
+    // consumers left) lists nobody: it lets them go at once.
+    let (h, body) = new
+        .call(
+            &request(38, 8, &[("consumerGroup", "orders-consumer")]),
+            b"",
+        )
+        .await;
+    assert_eq!((h.code, &body[..]), (0, &br#"{"consumerIdList":[]}"#[..]));
+    let redirected = c._old_broker.seen_code(38).len();
+    // After a route fetch it is old's list again, asked of old.
+    let _ = route_of(sidecar.namesrv_addr, "T").await;
+    let (h, _) = new
+        .call(
+            &request(38, 9, &[("consumerGroup", "orders-consumer")]),
+            b"",
+        )
+        .await;
+    assert_eq!((h.code, h.ext("handledBy")), (0, Some("old-a")));
+    assert_eq!(c._old_broker.seen_code(38).len(), redirected + 1);
 
     let (_, metrics) = http(sidecar.admin_addr, "GET", "/metrics", None).await;
     for series in [

@@ -77,6 +77,23 @@ pub fn filter(
     changed.then(|| serde_json::to_vec(&value).unwrap_or_default())
 }
 
+/// GET_CONSUMER_LIST_BY_GROUP's answer body with `client_id` in `consumerIdList`; `None`
+/// when it is there already or the body is not such an answer.
+pub fn with_member(body: &[u8], client_id: &str) -> Option<Vec<u8>> {
+    let mut value = parse_lenient(body).ok()?;
+    let list = value.get_mut("consumerIdList")?.as_array_mut()?;
+    if list.iter().any(|v| v.as_str() == Some(client_id)) {
+        return None;
+    }
+    list.push(Value::from(client_id));
+    serde_json::to_vec(&value).ok()
+}
+
+/// The body of a GET_CONSUMER_LIST_BY_GROUP answer that lists nobody.
+pub fn empty_member_list() -> &'static [u8] {
+    br#"{"consumerIdList":[]}"#
+}
+
 /// The response body of a LOCK_BATCH_MQ that locked nothing.
 pub fn empty_lock_answer() -> &'static [u8] {
     br#"{"lockOKMQSet":[]}"#
@@ -87,6 +104,18 @@ mod tests {
     use super::*;
 
     const JAVA: &str = r#"{"clientID":"10.0.0.7@4242","consumerDataSet":[{"consumeFromWhere":"CONSUME_FROM_LAST_OFFSET","consumeType":"CONSUME_PASSIVELY","groupName":"orders-consumer","messageModel":"CLUSTERING","subscriptionDataSet":[{"classFilterMode":false,"codeSet":[],"expressionType":"TAG","subString":"*","subVersion":1,"tagsSet":[],"topic":"A"}],"unitMode":false},{"groupName":"CID_RMQ_SYS_TRACE","subscriptionDataSet":[]}],"heartbeatFingerprint":123,"producerDataSet":[{"groupName":"billing-producer"},{"groupName":"CLIENT_INNER_PRODUCER"}]}"#;
+
+    #[test]
+    fn a_member_is_added_to_a_list_that_lacks_it() {
+        let body = br#"{"consumerIdList":["10.0.0.8@1"]}"#;
+        let added = with_member(body, "10.0.0.7@4242").unwrap();
+        assert_eq!(
+            added,
+            br#"{"consumerIdList":["10.0.0.8@1","10.0.0.7@4242"]}"#.to_vec()
+        );
+        assert_eq!(with_member(&added, "10.0.0.7@4242"), None);
+        assert_eq!(with_member(b"{}", "x"), None);
+    }
 
     #[test]
     fn groups_are_read_from_a_java_heartbeat() {

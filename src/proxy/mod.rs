@@ -78,6 +78,11 @@ pub struct RelayContext {
     pub consumer_notify: watch::Sender<u64>,
     /// Producer groups kept heartbeating a cluster for their transactions.
     pub transactional: roles::TransactionalGroups,
+    /// The consumer switch generation up to which the app has fetched a route since (then
+    /// its tables hold the consumers' cluster's brokers).
+    pub consumer_route_refreshed: std::sync::atomic::AtomicU64,
+    /// Client ids the app's heartbeats carried (a pod usually runs one client instance).
+    pub client_ids: roles::ClientIds,
     /// Per upstream broker: woken when a connect to it failed (its listeners then close
     /// until it accepts again).
     pub upstream_down: dashmap::DashMap<String, Arc<tokio::sync::Notify>>,
@@ -142,6 +147,8 @@ impl RelayContext {
             consumer_notify: watch::channel(0).0,
             transactional: Default::default(),
             upstream_down: dashmap::DashMap::new(),
+            consumer_route_refreshed: std::sync::atomic::AtomicU64::new(0),
+            client_ids: Default::default(),
         })
     }
 
@@ -167,6 +174,14 @@ impl RelayContext {
                 .map(|e| e.key().clone())
                 .min()
         })
+    }
+
+    /// Whether the app has fetched a route since its consumers last moved.
+    pub fn consumers_refreshed(&self) -> bool {
+        let generation = self.route.borrow().consumer.generation;
+        self.consumer_route_refreshed
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= generation
     }
 
     /// `Some(lines held back)` when a line about a bad frame may be logged now (at most

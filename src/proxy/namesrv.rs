@@ -301,6 +301,10 @@ impl NameServerRole {
     /// rebalance.
     fn notify_after_refresh(&self) {
         let generation = self.route.current().consumer.generation;
+        // From now on the app's tables hold the consumers' cluster's brokers.
+        self.ctx
+            .consumer_route_refreshed
+            .fetch_max(generation, Ordering::SeqCst);
         if generation == 0
             || self
                 .notified_consumer_generation

@@ -141,6 +141,7 @@ async fn relay_connected(
         cluster,
         m.clone(),
         ctx.transactional.clone(),
+        ctx.client_ids.clone(),
     ));
     let (client_rd, client_wr) = client.into_split();
     let (broker_rd, broker_wr) = broker.into_split();
@@ -165,7 +166,8 @@ async fn relay_connected(
     let up = pump(client_rd, broker_wr, limits, Some(to_broker_rx), move |f| {
         act_up.client_frame(&f);
         let targets = route_up.borrow().targets();
-        let f = match roles_up.client_to_broker(f, targets, max)? {
+        let refreshed = redirect_ctx.consumers_refreshed();
+        let f = match roles_up.client_to_broker(f, targets, refreshed, max)? {
             Upward::Forward(f) => f,
             Upward::Answer(bytes) => {
                 let _ = answer_tx.try_send(Injected::Answer(bytes));
@@ -173,8 +175,16 @@ async fn relay_connected(
             }
             Upward::Redirect(target, f) => {
                 let (ctx, tx) = (redirect_ctx.clone(), answer_tx.clone());
+                let roles = roles_up.clone();
                 tokio::spawn(async move {
-                    let answer = redirect(&ctx, target, f).await;
+                    let mut answer = redirect(&ctx, target, f).await;
+                    if let Ok(frame) = RawFrame::parse(answer.clone(), usize::MAX) {
+                        if frame.code() == response::SUCCESS {
+                            if let Some(with_me) = roles.with_own_member(&frame) {
+                                answer = with_me;
+                            }
+                        }
+                    }
                     let _ = tx.send(Injected::Answer(answer)).await;
                 });
                 return Ok(None);
@@ -198,6 +208,10 @@ async fn relay_connected(
             act_down.broker_frame(&f);
             if roles_down.is_own_answer(&f) {
                 return Ok(None);
+            }
+            if let Some(with_me) = roles_down.member_list_answer(&f) {
+                // A member list names no broker: renaming and signing do not apply.
+                return Ok(Some(with_me));
             }
             match &rw_down {
                 Some(rw) => rw.broker_to_client(f).map(Some),

@@ -13,7 +13,11 @@
 //!   keep them locked from the members that stay.
 //! - **GET_CONSUMER_LIST_BY_GROUP** is answered by the consumers' cluster whatever broker
 //!   the client picked (the Java client asks a random broker of the topic's route, which
-//!   may be one where the pod only produces).
+//!   may be one where the pod only produces). Right after the consumers moved, until the
+//!   app fetches a route, it is answered with nobody listed: the app then lets the queues of
+//!   the cluster it left go at once. An answer that does not list the app yet (it joins a
+//!   cluster's group only at its next heartbeat) gets it added, so it takes its queues and
+//!   heartbeats at once.
 //! - Offsets (14/15), unlock (42) and send-back (36) name a queue or message of the broker
 //!   they are sent to, so they go there unchanged.
 //!
@@ -60,11 +64,16 @@ struct Seen {
     transactional: BTreeSet<String>,
     /// Opaques of requests the sidecar sent on this connection, awaiting their answers.
     own: BTreeSet<i32>,
+    /// Opaques of the app's GET_CONSUMER_LIST_BY_GROUP on this connection, awaiting answers.
+    member_lists: BTreeSet<i32>,
 }
 
 /// Producer groups kept heartbeating a cluster for their transactions, over every
 /// connection: (cluster, group) -> connections that keep it (shown in `GET /route`).
 pub type TransactionalGroups = Arc<DashMap<(Target, String), usize>>;
+
+/// Every client id the app's heartbeats carried, over every connection (bounded).
+pub type ClientIds = Arc<Mutex<BTreeSet<String>>>;
 
 /// The role filter of one relay connection to `cluster`.
 #[derive(Debug)]
@@ -74,6 +83,7 @@ pub struct RoleFilter {
     next_opaque: AtomicI32,
     metrics: Metrics,
     kept: TransactionalGroups,
+    client_ids: ClientIds,
 }
 
 // === impl RoleFilter ===
@@ -81,14 +91,29 @@ pub struct RoleFilter {
 impl RoleFilter {
     /// A filter for a connection to `cluster`; transactional groups it keeps are counted
     /// in `kept`.
-    pub fn new(cluster: Target, metrics: Metrics, kept: TransactionalGroups) -> Self {
+    pub fn new(
+        cluster: Target,
+        metrics: Metrics,
+        kept: TransactionalGroups,
+        client_ids: ClientIds,
+    ) -> Self {
         Self {
             cluster,
             seen: Mutex::new(Seen::default()),
             next_opaque: AtomicI32::new(-1),
             metrics,
             kept,
+            client_ids,
         }
+    }
+
+    /// The pod's client id when it runs exactly one client instance (the case to add it to
+    /// a member list the broker has not updated yet).
+    pub fn sole_client_id(&self) -> Option<String> {
+        let ids = self.client_ids.lock().unwrap_or_else(|p| p.into_inner());
+        (ids.len() == 1)
+            .then(|| ids.iter().next().cloned())
+            .flatten()
     }
 
     fn keep(&self, group: &str, kept: bool) {
@@ -122,10 +147,12 @@ impl RoleFilter {
     }
 
     /// A frame from the app, given where each role goes now.
+    /// `refreshed`: whether the app has fetched a route since its consumers last moved.
     pub fn client_to_broker(
         &self,
         frame: RawFrame,
         targets: RoleTargets,
+        refreshed: bool,
         max_frame: usize,
     ) -> Result<Upward, HeaderError> {
         if frame.is_response() {
@@ -153,11 +180,55 @@ impl RoleFilter {
                 ))
             }
             request::GET_CONSUMER_LIST_BY_GROUP if !consumers_here && !frame.is_oneway() => {
-                self.count("consumer_list_redirected");
-                Ok(Upward::Redirect(targets.consumer, frame))
+                if refreshed {
+                    self.count("consumer_list_redirected");
+                    return Ok(Upward::Redirect(targets.consumer, frame));
+                }
+                // The consumers just moved and the app has not fetched a route since: it is
+                // balancing this cluster's queues, which its group here no longer counts it
+                // for. Nobody listed: it lets them go at once (offsets persisted) instead of
+                // pulling them beside the members that took them over.
+                self.count("consumer_list_emptied");
+                let header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
+                let reply = Header::response_to(&header, response::SUCCESS, None);
+                Ok(Upward::Answer(
+                    reply.encode_frame(heartbeat::empty_member_list()),
+                ))
+            }
+            request::GET_CONSUMER_LIST_BY_GROUP if !frame.is_oneway() => {
+                let mut seen = self.seen();
+                if seen.member_lists.len() < MAX_GROUPS {
+                    seen.member_lists.insert(frame.opaque());
+                }
+                Ok(Upward::Forward(frame))
             }
             _ => Ok(Upward::Forward(frame)),
         }
+    }
+
+    /// An answer to the app's GET_CONSUMER_LIST_BY_GROUP with the app's own client id added
+    /// when the broker does not list it yet; `None` for any other frame (relayed as it is).
+    ///
+    /// A client that just learned the consumers' cluster's brokers is not a member there
+    /// until its next heartbeat (up to 30 s), and a member list without it leaves it
+    /// nothing to rebalance to; listed, it takes queues, which makes it heartbeat every
+    /// broker at once: the broker then counts it and tells every member to rebalance.
+    pub fn member_list_answer(&self, frame: &RawFrame) -> Option<Bytes> {
+        if !frame.is_response() || frame.code() != response::SUCCESS {
+            return None;
+        }
+        if !self.seen().member_lists.remove(&frame.opaque()) {
+            return None;
+        }
+        self.with_own_member(frame)
+    }
+
+    /// `answer` (a GET_CONSUMER_LIST_BY_GROUP answer) with the app's own client id added.
+    pub fn with_own_member(&self, answer: &RawFrame) -> Option<Bytes> {
+        let id = self.sole_client_id()?;
+        let body = heartbeat::with_member(&answer.body(), &id)?;
+        self.count("consumer_list_joined");
+        Some(answer.with_body(&body))
     }
 
     /// Whether a frame from the broker answers a request the sidecar sent (then it is
@@ -248,6 +319,12 @@ impl RoleFilter {
     ) -> Result<RawFrame, HeaderError> {
         let body = frame.body();
         if let Some(groups) = heartbeat::groups(&body) {
+            if let Some(id) = &groups.client_id {
+                let mut ids = self.client_ids.lock().unwrap_or_else(|p| p.into_inner());
+                if ids.len() < MAX_GROUPS {
+                    ids.insert(id.clone());
+                }
+            }
             let mut seen = self.seen();
             if groups.client_id.is_some() {
                 seen.client_id = groups.client_id;

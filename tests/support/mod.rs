@@ -296,6 +296,9 @@ impl FakeBroker {
                             let body: &[u8] = if h.code == 41 {
                                 // LOCK_BATCH_MQ: answer with what was asked for.
                                 b"{\"lockOKMQSet\":[{\"brokerName\":\"broker-a\",\"queueId\":0,\"topic\":\"T\"}]}"
+                            } else if h.code == 38 {
+                                // GET_CONSUMER_LIST_BY_GROUP: one other member.
+                                b"{\"consumerIdList\":[\"10.9.9.9@other\"]}"
                             } else {
                                 b""
                             };
