@@ -141,11 +141,6 @@ impl RoleFilter {
             .inc();
     }
 
-    /// The producer groups kept heartbeating here for their transactions.
-    pub fn transactional_groups(&self) -> Vec<String> {
-        self.seen().transactional.iter().cloned().collect()
-    }
-
     /// A frame from the app, given where each role goes now.
     /// `refreshed`: whether the app has fetched a route since its consumers last moved.
     pub fn client_to_broker(
