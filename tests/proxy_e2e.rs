@@ -482,3 +482,44 @@ async fn connections_to_a_cluster_the_pod_left_are_retired_once_idle() {
     let (resp, _) = on_new.call(&request(34, 6, &[]), b"{}").await;
     assert_eq!(resp.ext("handledBy"), Some("new-a"));
 }
+
+#[tokio::test]
+async fn on_a_renaming_connection_only_frames_naming_a_broker_change() {
+    // The new cluster's names are prefixed (new~) and it has no credentials: a request that
+    // names no prefixed broker goes as it came (the rewriter now decides this from the
+    // frame's bytes, without decoding it: benches/codec.rs measures that); one that does
+    // has the name mapped.
+    let broker = FakeBroker::start("new-a", Duration::ZERO).await;
+    let ns = FakeNameServer::start(routes("T", fastjson_route("broker-a", broker.addr))).await;
+    let config = sidecar_config(ns.addr, Some(ns.addr), "127.73.0.0/16", None)
+        .replace("target = \"old\"", "target = \"new\"");
+    let sidecar = start_sidecar(&config).await;
+    let (_, route, _) = route_of(sidecar.namesrv_addr, "T", 1).await;
+    let (name, local) = master_of(&route.expect("route"));
+    assert_eq!(name, "new~broker-a");
+
+    let mut app = FrameClient::connect(local).await;
+    // A JSON header spelled as a client might (spaces, key order).
+    let plain_header = br#"{"code": 11, "flag": 0, "language": "JAVA", "opaque": 1, "extFields": {"topic": "T", "queueId": "0"}, "version": 479}"#;
+    let plain = encode_frame(SerializeType::Json, plain_header, b"");
+    app.send_raw(&plain).await;
+    let named = request(310, 2, &[("b", "T"), ("n", "new~broker-a")]);
+    app.send(&named, b"body").await;
+    assert_eventually!(
+        broker.seen.lock().unwrap().len() == 2,
+        5,
+        "broker got both frames"
+    );
+    let seen = broker.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[0].2,
+        plain.to_vec(),
+        "a frame naming no broker was changed"
+    );
+    assert_eq!(
+        seen[1].0.ext("n"),
+        Some("broker-a"),
+        "the prefixed name was not mapped"
+    );
+    assert_eq!(&seen[1].1[..], b"body");
+}

@@ -117,9 +117,7 @@ pub fn json_ext_int(header: &[u8], key: &str) -> Option<i64> {
     pattern.push(b'"');
     pattern.extend_from_slice(key.as_bytes());
     pattern.extend_from_slice(b"\":");
-    let at = header
-        .windows(pattern.len())
-        .position(|w| w == pattern.as_slice())?;
+    let at = memchr::memmem::find(header, &pattern)?;
     let rest = &header[at + pattern.len()..];
     let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
     let end = rest
@@ -127,6 +125,17 @@ pub fn json_ext_int(header: &[u8], key: &str) -> Option<i64> {
         .position(|b| !(b.is_ascii_digit() || *b == b'-'))
         .unwrap_or(rest.len());
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// Whether ext field `key` of a JSON header is a string starting with `prefix`, found by
+/// scanning the header's bytes (no decoding). `prefix` must need no JSON escaping.
+pub fn json_ext_starts_with(header: &[u8], key: &str, prefix: &str) -> bool {
+    let mut pattern = Vec::with_capacity(key.len() + prefix.len() + 4);
+    pattern.push(b'"');
+    pattern.extend_from_slice(key.as_bytes());
+    pattern.extend_from_slice(b"\":\"");
+    pattern.extend_from_slice(prefix.as_bytes());
+    memchr::memmem::find(header, &pattern).is_some()
 }
 
 // === impl Header ===

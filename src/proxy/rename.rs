@@ -15,8 +15,9 @@ use bytes::Bytes;
 
 use super::Signer;
 use crate::protocol::code::request;
+use crate::protocol::header::json_ext_starts_with;
 use crate::protocol::names::map_broker_names;
-use crate::protocol::{Header, HeaderError, RawFrame};
+use crate::protocol::{Header, HeaderError, RawFrame, SerializeType};
 
 /// Upper bound on remembered in-flight requests per connection.
 const MAX_TRACKED: usize = 4096;
@@ -47,6 +48,11 @@ impl Renamer {
         Self {
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// The prefix added to this cluster's broker names ("" = none).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// True when names are changed at all.
@@ -106,8 +112,6 @@ impl FrameRewriter {
         {
             track(&self.client_requests, frame.opaque(), code);
         }
-        let mut header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
-        let mut changed = false;
         let keys: &[&str] = if matches!(
             code,
             request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE | request::SEND_REPLY_MESSAGE_V2
@@ -116,6 +120,19 @@ impl FrameRewriter {
         } else {
             &["bname"]
         };
+        // Decide per frame, from its bytes, whether anything changes: without credentials to
+        // sign with, a JSON request that names no prefixed broker goes as it came, undecoded.
+        if self.signer.is_none()
+            && frame.serialize_type() == SerializeType::Json
+            && !matches!(code, request::LOCK_BATCH_MQ | request::UNLOCK_BATCH_MQ)
+            && !keys
+                .iter()
+                .any(|k| json_ext_starts_with(frame.header_bytes(), k, self.renamer.prefix()))
+        {
+            return Ok(frame.into_bytes());
+        }
+        let mut header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
+        let mut changed = false;
         for key in keys {
             let mapped = header
                 .ext(key)
