@@ -158,7 +158,10 @@ def route_states(rows: list[tuple], t0: float) -> dict[str, list[tuple[float, in
     """pod -> [(t, 1 if on new else 0)], from rmq_sidecar_route_target{target="new"}."""
     out: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for tick, pod, name, labels, value in rows:
-        if name == "rmq_sidecar_route_target" and "target=new" in labels.split(";"):
+        parts = labels.split(";")
+        # One series per role since per-role routing; the demo moves whole pods, so the
+        # consumers' series says where the pod is (older CSVs have no role label).
+        if name == "rmq_sidecar_route_target" and "target=new" in parts and "role=producer" not in parts:
             out[pod].append((tick - t0, int(value)))
     return out
 

@@ -59,7 +59,8 @@ def test_counters_follow_the_traffic_across_a_switch(pair_distinct, test_dir, si
         _, before = scrape(sc)
         assert sends_ok(before, "old") >= 30, "every acknowledged send is counted under old"
         assert sends_ok(before, "new") == 0
-        assert value(before, "rmq_sidecar_route_target", target="old") == 1
+        for role in ("producer", "consumer"):
+            assert value(before, "rmq_sidecar_route_target", role=role, target="old") == 1
         assert value(before, "rmq_sidecar_route_answers_total", cluster="old") >= 1
         assert value(before, "rmq_sidecar_requests_total", target="old", peer="broker", code="PULL_MESSAGE") >= 1
 
@@ -71,8 +72,10 @@ def test_counters_follow_the_traffic_across_a_switch(pair_distinct, test_dir, si
         sc.stop()
     assert sends_ok(after, "new") >= 40, "sends after the switch are counted under new"
     assert sends_ok(after, "old") == sends_ok(before, "old"), "no send went to old after the switch"
-    assert value(after, "rmq_sidecar_route_target", target="new") == 1
-    assert value(after, "rmq_sidecar_route_target", target="old") == 0
+    for role in ("producer", "consumer"):
+        assert value(after, "rmq_sidecar_route_target", role=role, target="new") == 1
+        assert value(after, "rmq_sidecar_route_target", role=role, target="old") == 0
+        assert value(after, "rmq_sidecar_role_switches_total", role=role, target="new") == 1
     assert value(after, "rmq_sidecar_route_generation") == 1
     assert value(after, "rmq_sidecar_switch_requests_total", outcome="applied") == 1
     assert value(after, "rmq_sidecar_route_answers_total", cluster="new") >= 1
