@@ -11,6 +11,7 @@
 //! - [`admin`]: the admin and health HTTP servers, one endpoint table, JSON views.
 //! - [`annotation`]: follows the pod's route annotation (downward API file) and switches.
 //! - [`proxy`]: the name-server role, the per-broker listeners, the frame relay, renaming, signing, the credential check.
+//! - [`preflight`]: `GET /preflight`: what the pod uses, checked against a cluster before a switch.
 //! - [`routing`]: the pod's target cluster, switched at runtime and persisted.
 //! - [`health`]: the readiness latch and the last upstream answer or failure.
 //! - [`config`]: `config.toml` + environment, validated into [`Config`].
@@ -28,6 +29,7 @@ pub mod config;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;
+pub mod preflight;
 pub mod protocol;
 pub mod proxy;
 pub mod routing;

@@ -33,6 +33,8 @@ pub enum Action {
     Config,
     /// `GET /connections`.
     Connections,
+    /// `GET /preflight?to=…`.
+    Preflight,
     /// `GET /log-level`.
     GetLogLevel,
     /// `PUT /log-level`.
@@ -114,6 +116,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         false,
         "open app connections by listener and upstream",
         Action::Connections,
+    ),
+    read(
+        "/preflight",
+        false,
+        "the pod's topics and groups checked against a cluster: ?to=new|old",
+        Action::Preflight,
     ),
     read(
         "/log-level",

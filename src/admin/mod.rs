@@ -182,7 +182,35 @@ pub async fn handle(
         count(state, label, outcome);
         return response;
     }
+    if endpoint.action == Action::Preflight {
+        return preflight(state, req.uri().query()).await;
+    }
     read(state, endpoint.action)
+}
+
+/// `GET /preflight?to=new|old` (default: new).
+async fn preflight(state: &AdminState, query: Option<&str>) -> Response<Body> {
+    let mut to = Target::New;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("to", v)) => match Target::parse(v) {
+                Some(t) => to = t,
+                None => {
+                    let msg = format!("unknown cluster '{v}' in ?to=; use old or new");
+                    return error(StatusCode::BAD_REQUEST, &msg);
+                }
+            },
+            _ => {
+                let msg = format!("unknown query parameter '{pair}'; the only one is to=old|new");
+                return error(StatusCode::BAD_REQUEST, &msg);
+            }
+        }
+    }
+    let result = crate::preflight::run(state.ctx.clone(), to).await;
+    json_response(
+        StatusCode::OK,
+        serde_json::to_value(result).unwrap_or_default(),
+    )
 }
 
 /// Answers a read.
@@ -203,6 +231,10 @@ fn read(state: &AdminState, action: Action) -> Response<Body> {
         Action::Config => json_response(StatusCode::OK, views::config_json(&state.config)),
         Action::Connections => json_response(StatusCode::OK, views::connections_json(state)),
         Action::GetLogLevel => json_response(StatusCode::OK, json!({ "filter": state.log.get() })),
+        Action::Preflight => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "preflight is answered asynchronously (a bug)",
+        ),
         Action::Listeners => json_response(
             StatusCode::OK,
             json!({ "listeners": state.listeners.mappings() }),
@@ -263,6 +295,7 @@ async fn mutate(
         | Action::Config
         | Action::Connections
         | Action::GetLogLevel
+        | Action::Preflight
         | Action::Listeners => (
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -127,6 +127,21 @@ pub fn json_ext_int(header: &[u8], key: &str) -> Option<i64> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
+/// The string value of ext field `key` in a JSON header, found by scanning its bytes
+/// (no decoding). `None` when absent, not a string, or holding an escape (decode then).
+pub fn json_ext_str<'a>(header: &'a [u8], key: &str) -> Option<&'a str> {
+    let mut pattern = Vec::with_capacity(key.len() + 4);
+    pattern.push(b'"');
+    pattern.extend_from_slice(key.as_bytes());
+    pattern.extend_from_slice(b"\":\"");
+    let start = memchr::memmem::find(header, &pattern)? + pattern.len();
+    let len = memchr::memchr2(b'"', b'\\', &header[start..])?;
+    if header.get(start + len) != Some(&b'"') {
+        return None;
+    }
+    std::str::from_utf8(&header[start..start + len]).ok()
+}
+
 /// Whether ext field `key` of a JSON header is a string starting with `prefix`, found by
 /// scanning the header's bytes (no decoding). `prefix` must need no JSON escaping.
 pub fn json_ext_starts_with(header: &[u8], key: &str, prefix: &str) -> bool {

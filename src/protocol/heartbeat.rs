@@ -19,6 +19,8 @@ pub struct HeartbeatGroups {
     pub producers: Vec<String>,
     /// Consumer group names.
     pub consumers: Vec<String>,
+    /// Per consumer group, the topics it subscribes to (its retry topic included).
+    pub subscriptions: Vec<(String, Vec<String>)>,
 }
 
 /// The groups in a heartbeat body; `None` if it is not HeartbeatData JSON.
@@ -37,7 +39,30 @@ pub fn groups(body: &[u8]) -> Option<HeartbeatGroups> {
             .unwrap_or_default()
     };
     value.as_object()?;
+    let subscriptions = value
+        .get("consumerDataSet")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|g| {
+                    let group = g.get("groupName")?.as_str()?.to_owned();
+                    let topics = g
+                        .get("subscriptionDataSet")
+                        .and_then(Value::as_array)
+                        .map(|subs| {
+                            subs.iter()
+                                .filter_map(|s| s.get("topic").and_then(Value::as_str))
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    Some((group, topics))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Some(HeartbeatGroups {
+        subscriptions,
         client_id: value
             .get("clientID")
             .and_then(Value::as_str)
@@ -123,6 +148,13 @@ mod tests {
         assert_eq!(g.client_id.as_deref(), Some("10.0.0.7@4242"));
         assert_eq!(g.consumers, ["orders-consumer", "CID_RMQ_SYS_TRACE"]);
         assert_eq!(g.producers, ["billing-producer", "CLIENT_INNER_PRODUCER"]);
+        assert_eq!(
+            g.subscriptions,
+            vec![
+                ("orders-consumer".to_owned(), vec!["A".to_owned()]),
+                ("CID_RMQ_SYS_TRACE".to_owned(), vec![])
+            ]
+        );
         assert_eq!(groups(b"not json"), None);
         assert_eq!(groups(b"[1]"), None);
     }

@@ -11,6 +11,7 @@ pub mod rename;
 pub mod roles;
 pub mod signing;
 pub mod upstream;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +84,8 @@ pub struct RelayContext {
     pub consumer_route_refreshed: std::sync::atomic::AtomicU64,
     /// Client ids the app's heartbeats carried (a pod usually runs one client instance).
     pub client_ids: roles::ClientIds,
+    /// The topics and groups the pod uses, as relayed so far.
+    pub usage: Arc<usage::Usage>,
     /// Per upstream broker: woken when a connect to it failed (its listeners then close
     /// until it accepts again).
     pub upstream_down: dashmap::DashMap<String, Arc<tokio::sync::Notify>>,
@@ -149,6 +152,7 @@ impl RelayContext {
             upstream_down: dashmap::DashMap::new(),
             consumer_route_refreshed: std::sync::atomic::AtomicU64::new(0),
             client_ids: Default::default(),
+            usage: Default::default(),
         })
     }
 

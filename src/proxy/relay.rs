@@ -142,6 +142,7 @@ async fn relay_connected(
         m.clone(),
         ctx.transactional.clone(),
         ctx.client_ids.clone(),
+        ctx.usage.clone(),
     ));
     let (client_rd, client_wr) = client.into_split();
     let (broker_rd, broker_wr) = broker.into_split();

@@ -35,9 +35,10 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use rmq_common::{Role, RoleTargets, Target};
 
+use super::usage::Usage;
 use crate::metrics::Metrics;
 use crate::protocol::code::{request, response, sysflag};
-use crate::protocol::header::json_ext_int;
+use crate::protocol::header::{json_ext_int, json_ext_str};
 use crate::protocol::{heartbeat, Header, HeaderError, RawFrame, SerializeType};
 
 /// Most groups remembered per connection (a client has a handful).
@@ -84,6 +85,7 @@ pub struct RoleFilter {
     metrics: Metrics,
     kept: TransactionalGroups,
     client_ids: ClientIds,
+    usage: Arc<Usage>,
 }
 
 // === impl RoleFilter ===
@@ -96,6 +98,7 @@ impl RoleFilter {
         metrics: Metrics,
         kept: TransactionalGroups,
         client_ids: ClientIds,
+        usage: Arc<Usage>,
     ) -> Self {
         Self {
             cluster,
@@ -104,6 +107,7 @@ impl RoleFilter {
             metrics,
             kept,
             client_ids,
+            usage,
         }
     }
 
@@ -163,7 +167,12 @@ impl RoleFilter {
                 max_frame,
             )?)),
             request::SEND_MESSAGE | request::SEND_MESSAGE_V2 => {
+                self.note_send(&frame);
                 self.note_transaction(&frame)?;
+                Ok(Upward::Forward(frame))
+            }
+            request::SEND_BATCH_MESSAGE | request::SEND_REPLY_MESSAGE_V2 => {
+                self.note_send(&frame);
                 Ok(Upward::Forward(frame))
             }
             request::LOCK_BATCH_MQ if !consumers_here && !frame.is_oneway() => {
@@ -314,6 +323,7 @@ impl RoleFilter {
     ) -> Result<RawFrame, HeaderError> {
         let body = frame.body();
         if let Some(groups) = heartbeat::groups(&body) {
+            self.usage.record_subscriptions(&groups.subscriptions);
             if let Some(id) = &groups.client_id {
                 let mut ids = self.client_ids.lock().unwrap_or_else(|p| p.into_inner());
                 if ids.len() < MAX_GROUPS {
@@ -374,6 +384,30 @@ impl RoleFilter {
             Err(e) => {
                 tracing::warn!(cluster = %self.cluster, error = %e, "filtered heartbeat does not parse; sent unfiltered");
                 Ok(frame)
+            }
+        }
+    }
+
+    /// Records the topic and producer group of a send (JSON headers are scanned, binary
+    /// ones, which Java's benchmark tools alone send, decoded).
+    fn note_send(&self, frame: &RawFrame) {
+        let (topic_key, group_key) = if frame.code() == request::SEND_MESSAGE {
+            ("topic", "producerGroup")
+        } else {
+            ("b", "a")
+        };
+        if frame.serialize_type() == SerializeType::Json {
+            let h = frame.header_bytes();
+            if let (Some(topic), Some(group)) =
+                (json_ext_str(h, topic_key), json_ext_str(h, group_key))
+            {
+                self.usage.record_send(topic, group);
+                return;
+            }
+        }
+        if let Ok(h) = Header::decode(frame.serialize_type(), frame.header_bytes()) {
+            if let (Some(topic), Some(group)) = (h.ext(topic_key), h.ext(group_key)) {
+                self.usage.record_send(topic, group);
             }
         }
     }
