@@ -110,6 +110,17 @@ def test_a_pod_moves_its_consumers_first_and_its_producers_later(pair_distinct, 
         _wait_records(v, lambda r: len(r) >= 5, 60, "V consumes B on old")
         mark("traffic flows: X consumes A and produces B on old")
 
+        # What X uses, recorded from the official client's own traffic, checked against new.
+        status, pre = sidecars["x"]._http("GET", "/preflight?to=new")
+        assert status == 200, pre
+        by_topic = {t["topic"]: t for t in pre["topics"]}
+        assert by_topic[topic_a]["consumed_by"] == [group_a] and by_topic[topic_a]["on_target"] == "present", pre
+        assert by_topic[topic_b]["produced_by"] == [f"RoleProdB{tag}"], pre
+        assert by_topic[topic_b]["on_target"] == "present", pre
+        assert f"%RETRY%{group_a}" in pre["groups"][group_a], pre
+        assert set(pre["missing"]) <= {f"%RETRY%{group_a}"}, pre
+        mark(f"preflight to new: {len(pre['topics'])} topics, missing {pre['missing']}")
+
         # 1. X's consumers to new; its producers stay on old.
         switched = time.time()
         sidecars["x"].switch_roles(consumer="new")
