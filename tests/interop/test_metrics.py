@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import harness
 
 ALLOWED_LABELS = {"target", "peer", "code", "response_code", "group", "direction", "listener", "cause",
-                  "reason", "cluster", "outcome", "endpoint", "version", "le"}
+                  "reason", "cluster", "outcome", "endpoint", "version", "le", "role", "action"}
 
 
 def scrape(sc: harness.Sidecar) -> tuple[str, dict]:
