@@ -98,7 +98,7 @@ pub const ROLE_FILTER_ACTIONS: &[&str] = &[
     "signed_heartbeat_kept",
     "lock_refused",
     "consumer_list_redirected",
-    "consumer_list_emptied",
+    "consumer_list_without_app",
     "consumer_list_joined",
     "redirect_failed",
     "unregistered",

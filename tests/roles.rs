@@ -410,14 +410,15 @@ async fn no_cluster_learns_a_role_the_pod_does_not_play_there() {
     assert_eq!((h.code, h.is_oneway()), (40, true));
     assert_eq!(h.ext("consumerGroup"), Some("orders-consumer"));
     // Until the app fetches a route, its rebalance of new's queues (towards new, which its
-    // consumers left) lists nobody: it lets them go at once.
+    // consumers left) gets new's list without the app: it lets them go at once.
     let (h, body) = new
         .call(
             &request(38, 8, &[("consumerGroup", "orders-consumer")]),
             b"",
         )
         .await;
-    assert_eq!((h.code, &body[..]), (0, &br#"{"consumerIdList":[]}"#[..]));
+    assert_eq!((h.code, h.ext("handledBy")), (0, Some("new-a")));
+    assert_eq!(&body[..], br#"{"consumerIdList":["10.9.9.9@other"]}"#);
     let redirected = c._old_broker.seen_code(38).len();
     // After a route fetch it is old's list again, asked of old.
     let _ = route_of(sidecar.namesrv_addr, "T").await;

@@ -114,9 +114,22 @@ pub fn with_member(body: &[u8], client_id: &str) -> Option<Vec<u8>> {
     serde_json::to_vec(&value).ok()
 }
 
-/// The body of a GET_CONSUMER_LIST_BY_GROUP answer that lists nobody.
-pub fn empty_member_list() -> &'static [u8] {
-    br#"{"consumerIdList":[]}"#
+/// The id listed in place of a client that leaves a group when nobody else is listed: a
+/// Java client refuses to rebalance over an empty list (and would keep its queues), but
+/// over a list without itself it lets them all go.
+pub const LEAVING_PLACEHOLDER: &str = "rmq-sidecar@switched-away";
+
+/// GET_CONSUMER_LIST_BY_GROUP's answer body without `client_id` (with
+/// [`LEAVING_PLACEHOLDER`] if nobody else is left); `None` when the body is not such an
+/// answer.
+pub fn without_member(body: &[u8], client_id: &str) -> Option<Vec<u8>> {
+    let mut value = parse_lenient(body).ok()?;
+    let list = value.get_mut("consumerIdList")?.as_array_mut()?;
+    list.retain(|v| v.as_str() != Some(client_id));
+    if list.is_empty() {
+        list.push(Value::from(LEAVING_PLACEHOLDER));
+    }
+    serde_json::to_vec(&value).ok()
 }
 
 /// The response body of a LOCK_BATCH_MQ that locked nothing.
@@ -140,6 +153,14 @@ mod tests {
         );
         assert_eq!(with_member(&added, "10.0.0.7@4242"), None);
         assert_eq!(with_member(b"{}", "x"), None);
+        let without = without_member(&added, "10.0.0.7@4242").unwrap();
+        assert_eq!(without, body.to_vec());
+        let alone =
+            without_member(br#"{"consumerIdList":["10.0.0.7@4242"]}"#, "10.0.0.7@4242").unwrap();
+        assert_eq!(
+            alone,
+            br#"{"consumerIdList":["rmq-sidecar@switched-away"]}"#.to_vec()
+        );
     }
 
     #[test]

@@ -243,16 +243,30 @@ async fn relay_connected(
                 let now = route_rx.borrow_and_update().targets();
                 let change = roles.on_route_change(before, now);
                 before = now;
+                // The app first: told to rebalance, it lets this cluster's queues go and
+                // persists their offsets. The broker hears the unregister a moment later, so
+                // the members that take the queues over start from those offsets, not from
+                // older ones (every message in between would be consumed twice).
+                for frame in change.to_client {
+                    let _ = to_client.try_send(Injected::Request(frame));
+                }
+                let mut unregisters = Vec::new();
                 for mut header in change.to_broker {
                     if let Some(signer) = &signer {
                         signer.sign(&mut header, &[]);
                     }
                     let group = header.ext("consumerGroup").or(header.ext("producerGroup")).unwrap_or("").to_owned();
-                    tracing::info!(%peer, %cluster, %upstream, %group, "a role left this cluster: unregistering the app's group from the broker");
-                    let _ = to_broker.try_send(header.encode_frame(&[]));
+                    tracing::info!(%peer, %cluster, %upstream, %group, delay_ms = UNREGISTER_AFTER.as_millis() as u64, "a role left this cluster: unregistering the app's group from the broker");
+                    unregisters.push(header.encode_frame(&[]));
                 }
-                for frame in change.to_client {
-                    let _ = to_client.try_send(Injected::Request(frame));
+                if !unregisters.is_empty() {
+                    let tx = to_broker.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(UNREGISTER_AFTER).await;
+                        for frame in unregisters {
+                            let _ = tx.try_send(frame);
+                        }
+                    });
                 }
             }
             Ok(()) = notify_rx.changed() => {
@@ -264,6 +278,10 @@ async fn relay_connected(
         }
     }
 }
+
+/// How long after telling the app to rebalance the sidecar unregisters its groups from a
+/// cluster a role left (the app persists the offsets of the queues it lets go meanwhile).
+pub const UNREGISTER_AFTER: Duration = Duration::from_secs(2);
 
 /// Frames the sidecar queues per connection, at most (role changes and answers given here
 /// are rare; a full queue drops the frame and the client retries).

@@ -14,8 +14,9 @@
 //! - **GET_CONSUMER_LIST_BY_GROUP** is answered by the consumers' cluster whatever broker
 //!   the client picked (the Java client asks a random broker of the topic's route, which
 //!   may be one where the pod only produces). Right after the consumers moved, until the
-//!   app fetches a route, it is answered with nobody listed: the app then lets the queues of
-//!   the cluster it left go at once. An answer that does not list the app yet (it joins a
+//!   app fetches a route, it is answered by the cluster they left without the app in it
+//!   (a placeholder if nobody else is left: a Java client will not rebalance over an empty
+//!   list): the app then lets that cluster's queues go at once. An answer that does not list the app yet (it joins a
 //!   cluster's group only at its next heartbeat) gets it added, so it takes its queues and
 //!   heartbeats at once.
 //! - Offsets (14/15), unlock (42) and send-back (36) name a queue or message of the broker
@@ -27,7 +28,7 @@
 //! 120 s channel expiry) and NOTIFY_CONSUMER_IDS_CHANGED to the client (it rebalances at
 //! once). Requests the sidecar sends carry negative opaques; their answers are dropped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -65,8 +66,9 @@ struct Seen {
     transactional: BTreeSet<String>,
     /// Opaques of requests the sidecar sent on this connection, awaiting their answers.
     own: BTreeSet<i32>,
-    /// Opaques of the app's GET_CONSUMER_LIST_BY_GROUP on this connection, awaiting answers.
-    member_lists: BTreeSet<i32>,
+    /// The app's GET_CONSUMER_LIST_BY_GROUP on this connection awaiting answers: opaque ->
+    /// whether the app is to be listed (its consumers' cluster) or not (a cluster they left).
+    member_lists: BTreeMap<i32, bool>,
 }
 
 /// Producer groups kept heartbeating a cluster for their transactions, over every
@@ -189,21 +191,15 @@ impl RoleFilter {
                     return Ok(Upward::Redirect(targets.consumer, frame));
                 }
                 // The consumers just moved and the app has not fetched a route since: it is
-                // balancing this cluster's queues, which its group here no longer counts it
-                // for. Nobody listed: it lets them go at once (offsets persisted) instead of
-                // pulling them beside the members that took them over.
-                self.count("consumer_list_emptied");
-                let header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
-                let reply = Header::response_to(&header, response::SUCCESS, None);
-                Ok(Upward::Answer(
-                    reply.encode_frame(heartbeat::empty_member_list()),
-                ))
+                // balancing this cluster's queues. Its list is this cluster's without it: it
+                // lets those queues go at once (persisting their offsets) instead of pulling
+                // them beside the members that take them over.
+                self.count("consumer_list_without_app");
+                self.expect_member_list(frame.opaque(), false);
+                Ok(Upward::Forward(frame))
             }
             request::GET_CONSUMER_LIST_BY_GROUP if !frame.is_oneway() => {
-                let mut seen = self.seen();
-                if seen.member_lists.len() < MAX_GROUPS {
-                    seen.member_lists.insert(frame.opaque());
-                }
+                self.expect_member_list(frame.opaque(), true);
                 Ok(Upward::Forward(frame))
             }
             _ => Ok(Upward::Forward(frame)),
@@ -221,10 +217,24 @@ impl RoleFilter {
         if !frame.is_response() || frame.code() != response::SUCCESS {
             return None;
         }
-        if !self.seen().member_lists.remove(&frame.opaque()) {
-            return None;
+        let listed = self.seen().member_lists.remove(&frame.opaque())?;
+        if listed {
+            return self.with_own_member(frame);
         }
-        self.with_own_member(frame)
+        let id = self
+            .seen()
+            .client_id
+            .clone()
+            .or_else(|| self.sole_client_id())?;
+        let body = heartbeat::without_member(&frame.body(), &id)?;
+        Some(frame.with_body(&body))
+    }
+
+    fn expect_member_list(&self, opaque: i32, listed: bool) {
+        let mut seen = self.seen();
+        if seen.member_lists.len() < MAX_GROUPS {
+            seen.member_lists.insert(opaque, listed);
+        }
     }
 
     /// `answer` (a GET_CONSUMER_LIST_BY_GROUP answer) with the app's own client id added.
