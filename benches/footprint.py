@@ -80,6 +80,18 @@ def wait_live(port: int, proc: subprocess.Popen) -> None:
     raise SystemExit("never answered /live")
 
 
+def idle_rss(argv: list[str], env: dict, health_port: int) -> int:
+    """RSS (KiB) of `argv` 3 s after its /live answers on `health_port`."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_live(health_port, proc)
+        time.sleep(3)
+        return rss_kib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
 def sidecar_rss(binary: Path) -> int:
     health = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RMQ_SIDECAR_")}
@@ -87,14 +99,7 @@ def sidecar_rss(binary: Path) -> int:
                 "RMQ_SIDECAR_METRICS": f"127.0.0.1:{health}", "RMQ_SIDECAR_BROKER_BIND": "127.66.0.0/16",
                 "RMQ_SIDECAR_OLD_NAMESRV": "127.0.0.1:1", "RMQ_SIDECAR_NEW_NAMESRV": "127.0.0.1:2",
                 "RMQ_SIDECAR_LOG": "warn"})
-    proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_live(health, proc)
-        time.sleep(3)
-        return rss_kib(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    return idle_rss([str(binary)], env, health)
 
 
 def injector_rss(binary: Path, args: list[str]) -> int:
@@ -108,15 +113,9 @@ def injector_rss(binary: Path, args: list[str]) -> int:
         f'cert_file = "{certs / "tls.crt"}"\nkey_file = "{certs / "tls.key"}"\n'
         '[stages]\nconfigmap = ""\n[sidecar]\nold_namesrv = "a:9876"\nnew_namesrv = "b:9876"\n')
     env = dict(os.environ, RMQ_SIDECAR_LOG="warn")
-    proc = subprocess.Popen([str(binary), *args, "--config", str(config)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_live(health, proc)
-        time.sleep(3)
-        return rss_kib(proc.pid)
+        return idle_rss([str(binary), *args, "--config", str(config)], env, health)
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Decoder;
 
 use super::listeners::ListenerRegistry;
+use super::relay::sleep_until_some;
 use super::{Cluster, RelayContext};
 use crate::health::Health;
 use crate::metrics::{code_group, response_code_label};
@@ -566,12 +567,4 @@ fn error_reply(header: &Header, message: &str) -> (Header, Bytes) {
         Some(format!("rmq-sidecar: {message}")),
     );
     (reply, Bytes::new())
-}
-
-/// Resolves at `deadline`, or never when there is none.
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }

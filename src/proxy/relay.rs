@@ -21,7 +21,7 @@ use super::rename::FrameRewriter;
 use super::roles::{RoleFilter, Upward};
 use super::RelayContext;
 use crate::metrics::{code_group, response_code_label, Metrics};
-use crate::protocol::code::{request_name, response};
+use crate::protocol::code::{request, request_name, response};
 use crate::protocol::{FrameDecoder, FrameError, Header, HeaderError, RawFrame};
 use prometheus::IntCounter;
 use rmq_common::Target;
@@ -167,7 +167,9 @@ async fn relay_connected(
     let up = pump(client_rd, broker_wr, limits, Some(to_broker_rx), move |f| {
         act_up.client_frame(&f);
         let targets = route_up.borrow().targets();
-        let refreshed = redirect_ctx.consumers_refreshed();
+        // Only a member-list request asks; every other frame skips the route lookup.
+        let refreshed =
+            f.code() == request::GET_CONSUMER_LIST_BY_GROUP && redirect_ctx.consumers_refreshed();
         let f = match roles_up.client_to_broker(f, targets, refreshed, max)? {
             Upward::Forward(f) => f,
             Upward::Answer(bytes) => {
@@ -650,7 +652,9 @@ async fn recv_some(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
     }
 }
 
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+/// Resolves at `deadline`, or never when there is none (the stall bound of a connection
+/// that holds an incomplete frame).
+pub(crate) async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

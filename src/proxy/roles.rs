@@ -148,7 +148,8 @@ impl RoleFilter {
     }
 
     /// A frame from the app, given where each role goes now.
-    /// `refreshed`: whether the app has fetched a route since its consumers last moved.
+    /// `refreshed`: whether the app has fetched a route since its consumers last moved (only
+    /// member-list requests use it; callers may pass anything for other frames).
     pub fn client_to_broker(
         &self,
         frame: RawFrame,

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use serde::Serialize;
 
@@ -18,7 +18,7 @@ const MAX_PER_ENTRY: usize = 64;
 #[derive(Debug, Default)]
 pub struct Usage {
     /// topic -> producer groups that sent to it
-    produced: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    produced: RwLock<BTreeMap<String, BTreeSet<String>>>,
     /// consumer group -> subscribed topics
     consumed: Mutex<BTreeMap<String, BTreeSet<String>>>,
     overflow: AtomicU64,
@@ -40,7 +40,17 @@ pub struct UsageSnapshot {
 impl Usage {
     /// Records a send of `group` to `topic`.
     pub fn record_send(&self, topic: &str, group: &str) {
-        let mut produced = lock(&self.produced);
+        // Every send passes here: a pair already recorded costs a shared read lock only.
+        let known = self
+            .produced
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .is_some_and(|groups| groups.contains(group));
+        if known {
+            return;
+        }
+        let mut produced = self.produced.write().unwrap_or_else(|p| p.into_inner());
         if let Some(groups) = produced.get_mut(topic) {
             if !groups.contains(group) && groups.len() < MAX_PER_ENTRY {
                 groups.insert(group.to_owned());
@@ -74,7 +84,11 @@ impl Usage {
     /// What was recorded so far.
     pub fn snapshot(&self) -> UsageSnapshot {
         UsageSnapshot {
-            produced: lock(&self.produced).clone(),
+            produced: self
+                .produced
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             consumed: lock(&self.consumed).clone(),
             overflow: self.overflow.load(Ordering::Relaxed),
         }
