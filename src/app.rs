@@ -13,6 +13,7 @@ use crate::acl::credentials::ReloadOutcome;
 use crate::admin::{self, AdminState, Port};
 use crate::annotation::AnnotationWatch;
 use crate::config::Config;
+use crate::gates::Gates;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::protocol::code::request;
@@ -67,6 +68,8 @@ pub struct App {
 #[derive(Debug)]
 pub struct Core {
     admin: Arc<AdminState>,
+    /// The route was restored from the state dir (a restart, not a fresh pod).
+    restored: bool,
 }
 
 /// A started sidecar.
@@ -136,6 +139,15 @@ impl App {
             config.broker_fallback_ports,
             config.state_dir.clone(),
         ));
+        let gates = Arc::new(Gates::new(
+            config.gates,
+            config.state_dir.as_deref(),
+            ctx.metrics.clone(),
+        ));
+        if let Some(dir) = &config.state_dir {
+            ctx.usage
+                .restore_from(&dir.join(rmq_common::contract::USAGE_FILE));
+        }
         let annotation = config.annotations_file.as_ref().map(|file| {
             Arc::new(AnnotationWatch::new(
                 file.clone(),
@@ -152,7 +164,9 @@ impl App {
                 log,
                 shutdown,
                 annotation,
+                gates,
             }),
+            restored,
         })
     }
 
@@ -194,10 +208,30 @@ impl App {
             config.limits.namesrv_frame_max_bytes,
         ));
         let mut tasks = vec![];
-        // The pod annotation (if followed) is applied before anything reports ready.
+        // A fresh pod (no persisted route) is placed where its annotation says before
+        // anything reports ready; a restarted one goes on from its persisted route and
+        // takes a changed annotation through the gates, like any switch.
         if let Some(watch) = state.annotation.clone() {
-            watch.poll_once(&route, &ctx.metrics);
-            tasks.push(tokio::spawn(watch.run(route.clone(), ctx.metrics.clone())));
+            if let Some(target) = watch.read_once(&ctx.metrics) {
+                if !core.restored {
+                    watch.place(target, &route, &ctx.metrics);
+                }
+            }
+            tasks.push(tokio::spawn(watch.run(
+                route.clone(),
+                ctx.metrics.clone(),
+                state.gates.clone(),
+                ctx.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(
+            state.gates.clone().sample_backlog(ctx.clone()),
+        ));
+        if let Some(dir) = &config.state_dir {
+            let path = dir.join(rmq_common::contract::USAGE_FILE);
+            tasks.push(tokio::spawn(
+                ctx.usage.clone().persist_every(path, USAGE_PERSIST_EVERY),
+            ));
         }
         let limits = config.limits;
         let forever = std::future::pending::<()>;
@@ -289,6 +323,8 @@ impl Drop for Running {
 
 /// How often credential files are re-read.
 const CREDENTIAL_RELOAD_EVERY: Duration = Duration::from_secs(2);
+/// How often what the pod uses is written to the state dir (when it changed).
+const USAGE_PERSIST_EVERY: Duration = Duration::from_secs(5);
 
 /// Checks every cluster's credentials at startup and after every change, and re-reads
 /// credential files every [`CREDENTIAL_RELOAD_EVERY`] (a kubelet Secret update swaps a

@@ -10,6 +10,7 @@
 //! - [`app`]: wiring: builds the state ([`app::Core`], no sockets), binds, starts every server.
 //! - [`admin`]: the admin and health HTTP servers, one endpoint table, JSON views.
 //! - [`annotation`]: follows the pod's route annotation (downward API file) and switches.
+//! - [`gates`]: the migration gates: every switch checked against the order that loses messages.
 //! - [`proxy`]: the name-server role, the per-broker listeners, the frame relay, renaming, signing, the credential check.
 //! - [`preflight`]: `GET /preflight`: what the pod uses, checked against a cluster before a switch.
 //! - [`routing`]: the pod's target cluster, switched at runtime and persisted.
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod annotation;
 pub mod app;
 pub mod config;
+pub mod gates;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;

@@ -2,7 +2,8 @@
 //! registry that is passed in (no global statics). Prefix `rmq_sidecar_`, base units,
 //! `_total` counters. Labels are bounded: cluster (`old`/`new`), peer kind, request-code
 //! *names* (a fixed list, else `OTHER`), response codes (a fixed list, else `other`),
-//! outcomes and causes. Never a topic, group, client id or address.
+//! outcomes and causes. Never a topic, client id or address; a group only in
+//! `consumer_backlog_messages`, capped at the pod's own 16 groups.
 
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -89,6 +90,17 @@ pub struct Metrics {
     pub role_filter: IntCounterVec,
     /// Broker listeners closed because their broker refuses connections, by `target`.
     pub broker_listeners_down: IntGaugeVec,
+    /// Gate evaluations, by `outcome` (passed|refused|forced|dry_run).
+    pub gate_evaluations: IntCounterVec,
+    /// Switches a gate refused, by `gate`.
+    pub gate_refusals: IntCounterVec,
+    /// Switches forced past a refusing gate, by `gate`.
+    pub gate_forced: IntCounterVec,
+    /// Gate reads (backlog samples) that failed, by `cluster`.
+    pub gate_read_failures: IntCounterVec,
+    /// Messages not yet consumed by one of the pod's consumer groups, by `cluster` and
+    /// `group` (the pod's own groups only, at most 16: the one family with a group label).
+    pub consumer_backlog: IntGaugeVec,
 }
 
 /// Every `action` of `role_filter_total`.
@@ -291,10 +303,43 @@ impl Metrics {
                 "Broker listeners closed while their broker refuses connections (reopened when it accepts again)",
                 &["target"],
             )?,
+            gate_evaluations: counter(
+                "gate_evaluations_total",
+                "Migration gate evaluations of a switch, by outcome (passed, refused, forced, dry_run)",
+                &["outcome"],
+            )?,
+            gate_refusals: counter(
+                "gate_refusals_total",
+                "Switches a migration gate refused",
+                &["gate"],
+            )?,
+            gate_forced: counter(
+                "gate_forced_total",
+                "Switches forced past a refusing migration gate (messages may have been lost)",
+                &["gate"],
+            )?,
+            gate_read_failures: counter(
+                "gate_read_failures_total",
+                "Reads of the gates' backlog sampler that failed",
+                &["cluster"],
+            )?,
+            consumer_backlog: gauge(
+                "consumer_backlog_messages",
+                "Messages not yet consumed by one of the pod's consumer groups on a cluster (sampled; the pod's groups only, at most 16)",
+                &["cluster", "group"],
+            )?,
             registry,
         };
+        for outcome in ["passed", "refused", "forced", "dry_run"] {
+            m.gate_evaluations.with_label_values(&[outcome]);
+        }
+        for gate in ["consumers_on_target", "backlog_drained", "transactions"] {
+            m.gate_refusals.with_label_values(&[gate]);
+            m.gate_forced.with_label_values(&[gate]);
+        }
         for t in ["old", "new"] {
             m.broker_listeners_down.with_label_values(&[t]);
+            m.gate_read_failures.with_label_values(&[t]);
             for action in ROLE_FILTER_ACTIONS {
                 m.role_filter.with_label_values(&[t, action]);
             }
@@ -346,6 +391,10 @@ impl Metrics {
             &self.route_partial_answers,
             &self.role_switches,
             &self.role_filter,
+            &self.gate_evaluations,
+            &self.gate_refusals,
+            &self.gate_forced,
+            &self.gate_read_failures,
         ];
         let gauges = [
             &self.client_connections_active,
@@ -355,6 +404,7 @@ impl Metrics {
             &self.route_target,
             &self.credential_check,
             &self.build_info,
+            &self.consumer_backlog,
         ];
         let mut descs: Vec<(&prometheus::core::Desc, &'static str)> = Vec::new();
         for c in counters {

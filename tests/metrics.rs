@@ -196,6 +196,7 @@ async fn counters_follow_the_traffic_and_the_switch() {
         "version",
         "role",
         "action",
+        "gate",
         "le",
     ];
     for line in text

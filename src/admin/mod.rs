@@ -35,6 +35,7 @@ pub use endpoints::{Action, Endpoint, Port, ENDPOINTS};
 
 use crate::annotation::AnnotationWatch;
 use crate::config::Config;
+use crate::gates::{Gates, SwitchOptions};
 use crate::health::Health;
 use crate::proxy::check;
 use crate::proxy::listeners::ListenerRegistry;
@@ -66,6 +67,8 @@ pub struct AdminState {
     pub shutdown: watch::Sender<bool>,
     /// The followed pod annotation, if configured; while valid it owns the route.
     pub annotation: Option<Arc<AnnotationWatch>>,
+    /// The migration gates every switch passes.
+    pub gates: Arc<Gates>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +79,7 @@ struct LogLevelUpdate {
 
 /// `PUT /route`: `{"target": T}` moves both roles; `{"producer": T}`, `{"consumer": T}`
 /// or both move those roles only. A field given as `null` is refused, not ignored.
+/// `dry_run`, `force` and `seed_offsets` say how the migration gates treat the switch.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RouteUpdate {
@@ -85,6 +89,12 @@ struct RouteUpdate {
     producer: Option<String>,
     #[serde(default, deserialize_with = "present")]
     consumer: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    seed_offsets: bool,
 }
 
 /// A field that, when present, must be a string (`null` is an error).
@@ -258,7 +268,7 @@ async fn mutate(
     body: &[u8],
 ) -> (Response<Body>, &'static str) {
     match action {
-        Action::PutRoute => put_route(state, peer, body),
+        Action::PutRoute => put_route(state, peer, body).await,
         Action::PutLogLevel => put_log_level(state, peer, body),
         Action::CheckCredentials => {
             for cluster in &state.ctx.clusters {
@@ -306,11 +316,22 @@ async fn mutate(
     }
 }
 
-fn put_route(state: &AdminState, peer: SocketAddr, body: &[u8]) -> (Response<Body>, &'static str) {
-    let request = match json_object::<RouteUpdate>(body)
-        .map_err(|e| format!(r#"body must be JSON like {{"target":"new"}} or {{"producer":"new","consumer":"old"}}: {e}"#))
-        .and_then(route_request)
-    {
+async fn put_route(
+    state: &AdminState,
+    peer: SocketAddr,
+    body: &[u8],
+) -> (Response<Body>, &'static str) {
+    let parsed = json_object::<RouteUpdate>(body)
+        .map_err(|e| format!(r#"body must be JSON like {{"target":"new"}} or {{"producer":"new","consumer":"old","dry_run":true}}: {e}"#))
+        .and_then(|u| {
+            let options = SwitchOptions {
+                dry_run: u.dry_run,
+                force: u.force,
+                seed_offsets: u.seed_offsets,
+            };
+            route_request(u).map(|r| (r, options))
+        });
+    let (request, options) = match parsed {
         Ok(r) => r,
         Err(msg) => {
             tracing::info!(%peer, reason = %msg, "route switch refused: invalid body");
@@ -331,6 +352,61 @@ fn put_route(state: &AdminState, peer: SocketAddr, body: &[u8]) -> (Response<Bod
             return (error(StatusCode::CONFLICT, &msg), "refused");
         }
     }
+    if wanted != current {
+        if let Some(target) = Role::ALL
+            .into_iter()
+            .map(|r| wanted.get(r))
+            .find(|t| state.config.cluster(*t).namesrv.is_empty())
+        {
+            let e = SwitchError::NotConfigured(target);
+            tracing::info!(%peer, %wanted, reason = %e, "route switch refused");
+            return (error(StatusCode::BAD_REQUEST, &e.to_string()), "refused");
+        }
+        if state.gates.enabled() {
+            let evaluation = state
+                .gates
+                .evaluate(&state.ctx, current, wanted, options, "admin")
+                .await;
+            let gates_json = serde_json::to_value(&evaluation).unwrap_or_default();
+            if options.dry_run {
+                let body = json!({
+                    "dry_run": true,
+                    "would_switch": evaluation.allowed,
+                    "route": current.to_string(),
+                    "requested": wanted.to_string(),
+                    "gates": gates_json,
+                });
+                return (json_response(StatusCode::OK, body), "unchanged");
+            }
+            if !evaluation.allowed {
+                let body = json!({
+                    "error": format!("switch {current} -> {wanted} refused by the migration gates: {}", evaluation.refusal()),
+                    "refused_by": evaluation.refused_by,
+                    "hint": "fix what the reason names and retry; {\"dry_run\":true} shows the gates without switching; {\"seed_offsets\":true} seeds missing consumer offsets; {\"force\":true} overrides (messages may be lost)",
+                    "gates": gates_json,
+                });
+                return (json_response(StatusCode::CONFLICT, body), "refused");
+            }
+        } else if options.dry_run {
+            let body = json!({
+                "dry_run": true,
+                "would_switch": true,
+                "route": current.to_string(),
+                "requested": wanted.to_string(),
+                "gates": "disabled",
+            });
+            return (json_response(StatusCode::OK, body), "unchanged");
+        }
+    } else if options.dry_run {
+        let body = json!({
+            "dry_run": true,
+            "would_switch": false,
+            "route": current.to_string(),
+            "requested": wanted.to_string(),
+            "detail": "already there: nothing to switch",
+        });
+        return (json_response(StatusCode::OK, body), "unchanged");
+    }
     match state.route.switch(request) {
         Ok((now, moved)) => {
             state
@@ -345,6 +421,7 @@ fn put_route(state: &AdminState, peer: SocketAddr, body: &[u8]) -> (Response<Bod
                 tracing::info!(%peer, route = %now.targets(), moved = ?moved, generation = now.generation, "route switched");
                 "applied"
             };
+            // `gates.last` of the route document is this switch's evaluation.
             (
                 json_response(StatusCode::OK, views::route_json(state)),
                 outcome,

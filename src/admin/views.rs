@@ -130,6 +130,11 @@ pub fn route_json(state: &AdminState) -> serde_json::Value {
             None => "admin",
         },
         "annotation": state.annotation.as_ref().map(|a| a.status()),
+        // What the migration gates last saw (kept across restarts in the state dir).
+        "gates": {
+            "enabled": state.gates.enabled(),
+            "last": state.gates.last(),
+        },
     })
 }
 

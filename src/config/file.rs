@@ -31,6 +31,8 @@ pub struct ConfigFile {
     pub upstream: UpstreamFile,
     /// Caps on connections and in-flight requests.
     pub limits: LimitsFile,
+    /// The migration gates.
+    pub gates: GatesFile,
     /// The two clusters.
     pub clusters: ClustersFile,
 }
@@ -92,6 +94,22 @@ pub struct LimitsFile {
     pub namesrv_frame_max_bytes: Option<u64>,
     /// Longest a connection may hold an incomplete frame before it is closed.
     pub partial_frame_seconds: Option<u64>,
+}
+
+/// `[gates]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatesFile {
+    /// Check every switch (false: switches are applied unchecked, as before the gates).
+    pub enabled: Option<bool>,
+    /// How long one read of a gate (one request to a server) may take, in milliseconds.
+    pub read_timeout_ms: Option<u64>,
+    /// How long the cluster the last consumers leave must have had no write, in seconds.
+    pub quiet_seconds: Option<u64>,
+    /// How often a refused annotation is tried again, in seconds.
+    pub retry_seconds: Option<u64>,
+    /// How often the pod's consumer groups' backlog is sampled for the metrics (0 = never).
+    pub backlog_sample_seconds: Option<u64>,
 }
 
 /// `[clusters]`

@@ -102,6 +102,33 @@ impl Default for Limits {
     }
 }
 
+/// The migration gates (`[gates]`; see [`crate::gates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatesConfig {
+    /// Whether switches are checked.
+    pub enabled: bool,
+    /// Longest one read (one request to a server) may take.
+    pub read_timeout: Duration,
+    /// How long the cluster the last consumers of a group leave must have had no write.
+    pub quiet: Duration,
+    /// How often a refused annotation is tried again.
+    pub retry: Duration,
+    /// How often the pod's groups' backlog is sampled for the metrics (`None` = never).
+    pub backlog_sample: Option<Duration>,
+}
+
+impl Default for GatesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            read_timeout: Duration::from_secs(3),
+            quiet: Duration::from_secs(30),
+            retry: Duration::from_secs(15),
+            backlog_sample: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
 /// Settings of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -172,6 +199,8 @@ pub struct Config {
     pub retire_idle: Option<Duration>,
     /// Connection and in-flight caps.
     pub limits: Limits,
+    /// The migration gates.
+    pub gates: GatesConfig,
     /// The old cluster.
     pub old: ClusterConfig,
     /// The new cluster.

@@ -11,7 +11,7 @@ use super::env::{self, Env};
 use super::file::{self, ConfigFile};
 use super::{
     parse_broker_bind, parse_namesrv_list, parse_port_range, BrokerBind, ClusterConfig, Config,
-    ConfigError, Limits, LogFormat, UniqueKeyRuleSetting, DEFAULT_ADMIN_LISTEN,
+    ConfigError, GatesConfig, Limits, LogFormat, UniqueKeyRuleSetting, DEFAULT_ADMIN_LISTEN,
     DEFAULT_BROKER_BIND, DEFAULT_FALLBACK_PORTS, DEFAULT_HEALTH_LISTEN, DEFAULT_NAMESRV_LISTEN,
     DEFAULT_NEW_PREFIX,
 };
@@ -126,6 +126,7 @@ pub(super) fn config(file: ConfigFile, env: &dyn Env) -> Result<Config, ConfigEr
     )?;
     let upstream = upstream(&file.upstream)?;
     let limits = limits(&file.limits)?;
+    let gates = gates(&file.gates, env)?;
     let (old, new) = clusters(file.clusters, target, env)?;
     Ok(Config {
         target,
@@ -147,6 +148,7 @@ pub(super) fn config(file: ConfigFile, env: &dyn Env) -> Result<Config, ConfigEr
         namesrv_timeout: upstream.namesrv_timeout,
         retire_idle: upstream.retire_idle,
         limits,
+        gates,
         old,
         new,
     })
@@ -430,6 +432,74 @@ fn limits(file: &file::LimitsFile) -> Result<Limits, ConfigError> {
                 })
             }
         },
+    })
+}
+
+fn gates(file: &file::GatesFile, env: &dyn Env) -> Result<GatesConfig, ConfigError> {
+    let d = GatesConfig::default();
+    let enabled = match env.var(env::GATES) {
+        None => file.enabled.unwrap_or(d.enabled),
+        Some(v) => match v.trim() {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "gates.enabled",
+                    message: format!("'{other}' is not true or false"),
+                    env: Some(env::GATES),
+                })
+            }
+        },
+    };
+    let range = |key: &'static str, value: Option<u64>, lo: u64, hi: u64, unit: &str| match value {
+        Some(n) if !(lo..=hi).contains(&n) => Err(ConfigError::Invalid {
+            key,
+            message: format!("{n} is outside {lo}..={hi} {unit}"),
+            env: None,
+        }),
+        other => Ok(other),
+    };
+    let read_timeout = range(
+        "gates.read_timeout_ms",
+        file.read_timeout_ms,
+        100,
+        60_000,
+        "ms",
+    )?
+    .map_or(d.read_timeout, Duration::from_millis);
+    let quiet = range(
+        "gates.quiet_seconds",
+        file.quiet_seconds,
+        0,
+        86_400,
+        "seconds",
+    )?
+    .map_or(d.quiet, Duration::from_secs);
+    let retry = range(
+        "gates.retry_seconds",
+        file.retry_seconds,
+        1,
+        3_600,
+        "seconds",
+    )?
+    .map_or(d.retry, Duration::from_secs);
+    let backlog_sample = match range(
+        "gates.backlog_sample_seconds",
+        file.backlog_sample_seconds,
+        0,
+        86_400,
+        "seconds",
+    )? {
+        None => d.backlog_sample,
+        Some(0) => None,
+        Some(n) => Some(Duration::from_secs(n.max(5))),
+    };
+    Ok(GatesConfig {
+        enabled,
+        read_timeout,
+        quiet,
+        retry,
+        backlog_sample,
     })
 }
 

@@ -13,6 +13,11 @@ pub mod request {
     pub const SEND_MESSAGE: i32 = 10;
     /// PULL_MESSAGE: long-polling pull, held up to 15-30 s by the broker.
     pub const PULL_MESSAGE: i32 = 11;
+    /// QUERY_CONSUMER_OFFSET: a group's committed offset on one queue (the gates read it
+    /// with `setZeroIfNotFound=false`, so a queue without one answers QUERY_NOT_FOUND).
+    pub const QUERY_CONSUMER_OFFSET: i32 = 14;
+    /// UPDATE_CONSUMER_OFFSET: commits a group's offset on one queue (the gates' seeding).
+    pub const UPDATE_CONSUMER_OFFSET: i32 = 15;
     /// GET_MAX_OFFSET: a queue's end offset (the credential check reads one).
     pub const GET_MAX_OFFSET: i32 = 30;
     /// HEART_BEAT: client registration with a broker, every 30 s.
@@ -37,6 +42,10 @@ pub mod request {
     pub const GET_BROKER_CLUSTER_INFO: i32 = 106;
     /// GET_CONSUME_STATS: body keyed by message queues (broker names inside).
     pub const GET_CONSUME_STATS: i32 = 208;
+    /// GET_CONSUMER_CONNECTION_LIST: who is online in a group, and what it subscribes to.
+    pub const GET_CONSUMER_CONNECTION_LIST: i32 = 203;
+    /// QUERY_TOPIC_CONSUME_BY_WHO: the groups online for a topic or with offsets on it.
+    pub const QUERY_TOPIC_CONSUME_BY_WHO: i32 = 300;
     /// GET_TOPIC_STATS_INFO: body keyed by message queues (broker names inside).
     pub const GET_TOPIC_STATS_INFO: i32 = 202;
     /// RESET_CONSUMER_CLIENT_OFFSET: broker -> client; body keyed by message queues.
@@ -75,6 +84,13 @@ pub mod response {
     pub const SYSTEM_BUSY: i32 = 2;
     /// TOPIC_NOT_EXIST.
     pub const TOPIC_NOT_EXIST: i32 = 17;
+    /// QUERY_NOT_FOUND: no offset stored for the group on that queue.
+    pub const QUERY_NOT_FOUND: i32 = 22;
+    /// SUBSCRIPTION_GROUP_NOT_EXIST: the group is not created on the broker (5.x refuses
+    /// offset commits for it).
+    pub const SUBSCRIPTION_GROUP_NOT_EXIST: i32 = 26;
+    /// CONSUMER_NOT_ONLINE: no member of the group is connected to that broker.
+    pub const CONSUMER_NOT_ONLINE: i32 = 206;
 }
 
 /// Short, stable name of a request code, for logs (and metric labels later).
@@ -103,8 +119,10 @@ pub fn request_name(code: i32) -> &'static str {
         105 => "GET_ROUTEINFO_BY_TOPIC",
         106 => "GET_BROKER_CLUSTER_INFO",
         202 => "GET_TOPIC_STATS_INFO",
+        203 => "GET_CONSUMER_CONNECTION_LIST",
         208 => "GET_CONSUME_STATS",
         220 => "RESET_CONSUMER_CLIENT_OFFSET",
+        300 => "QUERY_TOPIC_CONSUME_BY_WHO",
         221 => "GET_CONSUMER_STATUS_FROM_CLIENT",
         304 => "GET_SYSTEM_TOPIC_LIST_FROM_NS",
         307 => "GET_CONSUMER_RUNNING_INFO",

@@ -8,7 +8,9 @@
 //! - [`route`]: route, cluster-info and topic-list bodies, read leniently, rewritten.
 //! - [`names`]: broker names inside request and response bodies.
 //! - [`heartbeat`]: the groups in HEART_BEAT bodies, filtered per cluster.
+//! - [`admin`]: the admin queries the migration gates send, and their answers.
 
+pub mod admin;
 pub mod code;
 pub mod frame;
 pub mod header;

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::state;
 
 /// Most topics (and, separately, consumer groups) remembered.
 pub const MAX_ENTRIES: usize = 1024;
@@ -22,10 +24,12 @@ pub struct Usage {
     /// consumer group -> subscribed topics
     consumed: Mutex<BTreeMap<String, BTreeSet<String>>>,
     overflow: AtomicU64,
+    /// Bumped by every change (the persister writes when it moved).
+    changes: AtomicU64,
 }
 
 /// A copy of what was recorded.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UsageSnapshot {
     /// Topic -> producer groups that sent to it.
     pub produced: BTreeMap<String, BTreeSet<String>>,
@@ -54,6 +58,7 @@ impl Usage {
         if let Some(groups) = produced.get_mut(topic) {
             if !groups.contains(group) && groups.len() < MAX_PER_ENTRY {
                 groups.insert(group.to_owned());
+                self.changes.fetch_add(1, Ordering::Relaxed);
             }
             return;
         }
@@ -62,6 +67,7 @@ impl Usage {
             return;
         }
         produced.insert(topic.to_owned(), BTreeSet::from([group.to_owned()]));
+        self.changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records the subscriptions a heartbeat carried.
@@ -74,8 +80,8 @@ impl Usage {
             }
             let entry = consumed.entry(group.clone()).or_default();
             for t in topics {
-                if entry.len() < MAX_PER_ENTRY {
-                    entry.insert(t.clone());
+                if entry.len() < MAX_PER_ENTRY && entry.insert(t.clone()) {
+                    self.changes.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -91,6 +97,66 @@ impl Usage {
                 .clone(),
             consumed: lock(&self.consumed).clone(),
             overflow: self.overflow.load(Ordering::Relaxed),
+        }
+    }
+}
+
+// === persistence ===
+
+impl Usage {
+    /// Adds what a previous run of the sidecar recorded in `path` (a restart mid-migration
+    /// keeps the gates' view of the pod). A missing file is nothing; an unreadable one is
+    /// logged and skipped.
+    pub fn restore_from(&self, path: &std::path::Path) {
+        let bytes = match state::read_optional(path) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), reason = %e, "recorded usage unreadable; starting without it");
+                return;
+            }
+        };
+        match serde_json::from_slice::<UsageSnapshot>(&bytes) {
+            Ok(snapshot) => {
+                for (topic, groups) in &snapshot.produced {
+                    for g in groups {
+                        self.record_send(topic, g);
+                    }
+                }
+                let subs: Vec<(String, Vec<String>)> = snapshot
+                    .consumed
+                    .into_iter()
+                    .map(|(g, t)| (g, t.into_iter().collect()))
+                    .collect();
+                self.record_subscriptions(&subs);
+                tracing::info!(path = %path.display(), topics = snapshot.produced.len(), groups = subs.len(), "recorded usage restored");
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), reason = %e, "recorded usage unreadable; starting without it")
+            }
+        }
+    }
+
+    /// Writes what was recorded to `path` whenever it changed, every `every`, forever.
+    pub async fn persist_every(
+        self: std::sync::Arc<Self>,
+        path: std::path::PathBuf,
+        every: std::time::Duration,
+    ) {
+        let mut written = self.changes.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.changes.load(Ordering::Relaxed);
+            if now == written {
+                continue;
+            }
+            let bytes = serde_json::to_vec(&self.snapshot()).unwrap_or_default();
+            match state::write_atomic(&path, &bytes) {
+                Ok(()) => written = now,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), reason = %e, "recorded usage could not be persisted")
+                }
+            }
         }
     }
 }

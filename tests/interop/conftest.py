@@ -54,6 +54,16 @@ PAIR_LAYOUT = {
         "old": dict(namesrv=29886, broker=30921, broker_name="broker-a", cluster_name="DefaultCluster"),
         "new": dict(namesrv=39886, broker=40921, broker_name="broker-a", cluster_name="DefaultCluster"),
     },
+    # The gates' pair: old is 5.3.3; new is a 4.9.7 broker that answers a brand-new consumer
+    # group QUERY_NOT_FOUND (so it starts at the queues' end) as a busy production broker does:
+    # accessMessageInMemoryMaxRatio=0 puts every queue's first message "on disk" (protocol
+    # notes §8). On an idle loopback broker the default (40 %) answers 0 and hides the loss.
+    "gates": {
+        "old": dict(namesrv=29906, broker=30941, broker_name="gates-old-a", cluster_name="GatesOld",
+                    version=harness.NEW_SERVER_VERSION),
+        "new": dict(namesrv=39906, broker=40941, broker_name="gates-new-a", cluster_name="GatesNew",
+                    version=harness.OLD_SERVER_VERSION, extra_broker_conf={"accessMessageInMemoryMaxRatio": 0}),
+    },
     "acl": {
         "old": dict(namesrv=29896, broker=30931, broker_name="old-acl-broker", cluster_name="OldAclCluster",
                     auth=OLD_ACL),
@@ -95,8 +105,9 @@ class ClusterPairs:
             spec = layout[side]
             ns = harness.reserve_port_block(spec["namesrv"], (0,), step=10)
             br = harness.reserve_port_block(spec["broker"], harness.BROKER_PORT_OFFSETS, step=10)
-            clusters[side] = Cluster(version, f"{kind}-{side}", ns, br, spec["broker_name"],
+            clusters[side] = Cluster(spec.get("version", version), f"{kind}-{side}", ns, br, spec["broker_name"],
                                      spec["cluster_name"], self.run_dir / "clusters" / kind / side,
+                                     extra_broker_conf=spec.get("extra_broker_conf"),
                                      auth=spec.get("auth"), authorization=spec.get("authorization", False))
         pair = ClusterPair(kind, clusters["old"], clusters["new"])
         proxy_port = layout["new"].get("proxy")
@@ -178,6 +189,12 @@ def pair_acl(cluster_pairs) -> ClusterPair:
     """Old 4.9.7 with ACL 1.0 + new 5.3.3 with ACL 2.0 + a RocketMQ Proxy 5.3.3 (authenticating)
     in front of the new one. Accounts: ``conftest.OLD_ACL`` / ``conftest.NEW_ACL``."""
     return cluster_pairs.get("acl")
+
+
+@pytest.fixture
+def pair_gates(cluster_pairs) -> ClusterPair:
+    """Old 5.3.3 + new 4.9.7 whose brand-new groups start at the queues' end (see PAIR_LAYOUT)."""
+    return cluster_pairs.get("gates")
 
 
 @pytest.fixture

@@ -1488,9 +1488,12 @@ class Sidecar:
     def __init__(self, name: str, *, old_namesrv: str, new_namesrv: str, workdir: Path,
                  target: str = "old", binary: Path | None = None, drain_seconds: int = 5,
                  log_filter: str = "info,rocketmq_sidecar=debug", broker_name_prefix: str = "new~",
-                 extra_toml: str = "", env: dict | None = None, cluster_toml: dict | None = None):
+                 extra_toml: str = "", env: dict | None = None, cluster_toml: dict | None = None,
+                 gates_toml: dict | None = None):
         """``cluster_toml``: extra keys for ``[clusters.old]`` / ``[clusters.new]``, e.g.
-        ``{"new": {"access_key": "AK", "secret_key_file": "/path"}}`` (values: str/int/bool)."""
+        ``{"new": {"access_key": "AK", "secret_key_file": "/path"}}`` (values: str/int/bool).
+        ``gates_toml``: keys of ``[gates]``; by default the gates are on, with a 5 s quiet
+        period (the product's default is 30 s: a test's producers stop writing sooner)."""
         self.name = name
         self.cluster_toml = {k: dict(v) for k, v in (cluster_toml or {}).items()}
         self.old_namesrv = old_namesrv
@@ -1503,6 +1506,7 @@ class Sidecar:
         self.broker_name_prefix = broker_name_prefix
         self.extra_toml = extra_toml
         self.extra_env = dict(env or {})
+        self.gates_toml = {"quiet_seconds": 5, "retry_seconds": 2, **(gates_toml or {})}
         self.slot = allocate_sidecar_slot()
         self.config_path = self.workdir / "sidecar.toml"
         self.log_path = self.workdir / "sidecar.log"
@@ -1553,12 +1557,19 @@ class Sidecar:
             f"broker_name_prefix = {_toml_str(self.broker_name_prefix)}",
             *self._cluster_lines("new"),
             "",
+            "[gates]",
+            *self._toml_lines(self.gates_toml),
+            "",
             self.extra_toml,
         ])
 
     def _cluster_lines(self, side: str) -> list[str]:
+        return self._toml_lines(self.cluster_toml.get(side, {}))
+
+    @staticmethod
+    def _toml_lines(table: dict) -> list[str]:
         out = []
-        for k, v in self.cluster_toml.get(side, {}).items():
+        for k, v in table.items():
             if isinstance(v, bool):
                 out.append(f"{k} = {'true' if v else 'false'}")
             elif isinstance(v, int):
@@ -1648,6 +1659,34 @@ class Sidecar:
             raise HarnessError(f"sidecar {self.name}: PUT /route {body} -> {status} {doc!r}")
         log(f"sidecar {self.name}: roles switched {body}: target={doc.get('target')}")
         return doc
+
+    def put_route(self, body: dict, timeout: float = 90.0) -> tuple[int, object]:
+        """PUT /route with ``body`` (roles, dry_run, force, seed_offsets); (status, parsed body)
+        without judging it. The gates' reads can take seconds: the timeout is long."""
+        status, doc = self._http("PUT", "/route", body, timeout=timeout)
+        self.switches.append((time.time(), json.dumps(body), status, doc))
+        return status, doc
+
+    def switch_when_gates_pass(self, timeout: float, **roles: str) -> tuple[dict, float, dict]:
+        """What an operator does: a dry run every 2 s until the migration gates would pass,
+        then the switch. Returns (route document, seconds waited, the last refused dry run)."""
+        t0 = time.monotonic()
+        last: dict = {}
+        while True:
+            status, doc = self.put_route({**roles, "dry_run": True})
+            if status == 200 and isinstance(doc, dict) and doc.get("would_switch"):
+                break
+            last = doc if isinstance(doc, dict) else {"raw": doc}
+            if time.monotonic() - t0 > timeout:
+                raise HarnessError(f"sidecar {self.name}: gates still refuse {roles} after {timeout:.0f}s: "
+                                   f"{json.dumps(last)[:1500]}")
+            time.sleep(2.0)
+        waited = time.monotonic() - t0
+        status, doc = self.put_route(dict(roles))
+        if status != 200 or not isinstance(doc, dict):
+            raise HarnessError(f"sidecar {self.name}: PUT /route {roles} -> {status} {doc!r}")
+        log(f"sidecar {self.name}: {roles} passed the gates after {waited:.1f}s")
+        return doc, waited, last
 
     def alive(self) -> bool:
         return bool(self.proc and self.proc.alive())
@@ -1910,8 +1949,10 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
             mark(f"old cluster lag for the group is 0 ({len(lag_seen)} readings, last non-zero "
                  f"{next((x for x in reversed(lag_seen) if x), 0)})")
 
-            sc_c2.switch("new")
-            mark("C2's sidecar switched to new")
+            # C2 is the group's last member on old: its gate waits for the old backlog to be
+            # zero and for the old cluster to have had no write for the quiet period.
+            _, waited, _ = sc_c2.switch_when_gates_pass(bounds.old_drained, target="new")
+            mark(f"C2's sidecar switched to new (its gate passed after {waited:.1f}s)")
             time.sleep(bounds.keep_producing)
             mark(f"produced {bounds.keep_producing:g}s more")
         except HarnessError as e:

@@ -363,7 +363,10 @@ pub fn fastjson_route(broker_name: &str, addr: SocketAddr) -> String {
     )
 }
 
-/// Config text for a sidecar on ephemeral ports.
+/// Config text for a sidecar on ephemeral ports. The migration gates are off: the fake
+/// brokers answer no admin query, and these tests are about the relay; the gates are
+/// tested on recorded answers (`src/gates/tests.rs`), through the admin API
+/// (`tests/gates.rs`) and on the real servers (`tests/interop/test_gates.py`).
 pub fn sidecar_config(
     old_ns: SocketAddr,
     new_ns: Option<SocketAddr>,
@@ -371,7 +374,7 @@ pub fn sidecar_config(
     state_dir: Option<&Path>,
 ) -> String {
     let mut s = format!(
-        "target = \"old\"\ndrain_seconds = 1\n[listen]\nnamesrv = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nhealth = \"127.0.0.1:0\"\nbroker_bind = \"{bind_ip}\"\n[upstream]\nnamesrv_timeout_ms = 1000\nconnect_timeout_ms = 1000\n[clusters.old]\nnamesrv = \"{old_ns}\"\n"
+        "target = \"old\"\ndrain_seconds = 1\n[listen]\nnamesrv = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nhealth = \"127.0.0.1:0\"\nbroker_bind = \"{bind_ip}\"\n[upstream]\nnamesrv_timeout_ms = 1000\nconnect_timeout_ms = 1000\n[gates]\nenabled = false\n[clusters.old]\nnamesrv = \"{old_ns}\"\n"
     );
     if let Some(n) = new_ns {
         s.push_str(&format!("[clusters.new]\nnamesrv = \"{n}\"\n"));

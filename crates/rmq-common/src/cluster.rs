@@ -44,6 +44,14 @@ impl Target {
             Target::New => 1,
         }
     }
+
+    /// The other cluster.
+    pub fn other(self) -> Self {
+        match self {
+            Target::Old => Target::New,
+            Target::New => Target::Old,
+        }
+    }
 }
 
 impl fmt::Display for Target {

@@ -24,6 +24,9 @@ pub const SKIPPED_DETAIL_ANNOTATION: &str = "rocketmq-sidecar/inject-skipped-det
 pub const STATUS_ANNOTATION: &str = "rocketmq-sidecar/status";
 /// Annotation the sidecar follows for its route (the default of `route_annotation`).
 pub const ROUTE_ANNOTATION: &str = "rocketmq-sidecar/route";
+/// Pod annotation that, set to `"true"`, applies the route annotation even where the
+/// migration gates refuse it (logged at warn and counted).
+pub const ROUTE_FORCE_ANNOTATION: &str = "rocketmq-sidecar/route-force";
 /// Pod annotation that overrides `java_tool_options` for one workload ("true"/"false").
 pub const JAVA_TOOL_OPTIONS_ANNOTATION: &str = "rocketmq-sidecar/java-tool-options";
 /// ConfigMap (in each app namespace) holding workload stages, keys `<kind>.<name>`.
@@ -60,6 +63,10 @@ pub const CREDENTIALS_DIR: &str = "/var/run/secrets/rocketmq-sidecar";
 pub const ROUTE_FILE: &str = "route.json";
 /// The persisted broker listener map, inside the state dir.
 pub const LISTENERS_FILE: &str = "listeners.json";
+/// File name, inside the state dir, of the gates' last evaluation.
+pub const GATES_FILE: &str = "gates.json";
+/// File name, inside the state dir, of the topics and groups the pod was seen using.
+pub const USAGE_FILE: &str = "usage.json";
 
 /// Environment variables the sidecar reads. The names are a public interface: the
 /// injector, the docs and users' manifests set them.
@@ -92,6 +99,8 @@ pub mod env {
     pub const LOG: &str = "RMQ_SIDECAR_LOG";
     /// Log format, "text" or "json" (the injector reads it too).
     pub const LOG_FORMAT: &str = "RMQ_SIDECAR_LOG_FORMAT";
+    /// `true` or `false`: whether the migration gates check switches (`gates.enabled`).
+    pub const GATES: &str = "RMQ_SIDECAR_GATES";
 
     /// Credential variables of one cluster: (value, file) pairs.
     #[derive(Debug, Clone, Copy)]
