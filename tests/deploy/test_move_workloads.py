@@ -340,6 +340,40 @@ def test_unconfirmed_pod_stops_the_run(sidecar_bin, tmp_path):
         deaf.stop()
 
 
+def test_a_pod_whose_gates_refuse_stops_the_run_with_the_reason(sidecar_bin, tmp_path):
+    # api-a's sidecar has seen its app produce to topic Orders (restored from its state dir),
+    # and the clusters answer nothing (closed ports): its consumers_on_target gate cannot read
+    # who consumes Orders, so it refuses (fails closed) and keeps the annotation pending.
+    podinfo = tmp_path / "api-a" / "podinfo"
+    labels = {"app": "api"}
+    fake_kubectl.write_downward_api(podinfo, pod(labels)["annotations"])
+    state = tmp_path / "api-a" / "sidecar" / "state"
+    state.mkdir(parents=True)
+    (state / "usage.json").write_text(json.dumps(
+        {"produced": {"Orders": ["orders-producer"]}, "consumed": {}, "overflow": 0}))
+    sc = SidecarProcess(sidecar_bin, tmp_path / "api-a" / "sidecar",
+                        extra_env={"RMQ_SIDECAR_ANNOTATIONS_FILE": str(podinfo / "annotations")}).start()
+    try:
+        wait_for(lambda: sidecar_route(sc)["controlled_by"] == "annotation", "api-a follows its annotation")
+        pods = {"api-a": pod(labels, podinfo=podinfo, port=sc.health_port),
+                "api-b": pod(labels, podinfo=tmp_path / "api-b", port=free_port())}
+        workloads = {"deployment/api": {"selector": {"matchLabels": labels}}}
+        cluster = FakeCluster(tmp_path / "cluster", workloads, pods, context=None)
+        r = cluster.run("--namespace", NS, "--to", "new", "--producers", "deployment/api",
+                        "--batch-size", "1", "--timeout", "60", *FAST, "--yes")
+        assert r.returncode == 1, r.stderr
+        err = r.stderr
+        assert "STOPPED: the migration gates of pod api-a of deployment/api refuse" in err, err
+        assert "REFUSED by the migration gates: new refused by consumers_on_target" in err, err
+        assert "fails closed" in err and "rocketmq-sidecar/route-force=true" in err, err
+        assert "pods of deployment/api not annotated: api-b" in err, err
+        assert [c["pod"] for c in annotates(cluster.calls())] == ["api-a"]
+        doc = sidecar_route(sc)
+        assert doc["target"] == "old" and doc["annotation"]["pending"]["target"] == "new", doc
+    finally:
+        sc.stop()
+
+
 # --------------------------------------------------------------------------- dry run
 
 
