@@ -26,7 +26,7 @@ use serde::Serialize;
 use rmq_common::clock::now_ms;
 use rmq_common::contract::{find_annotation, parse_route_value, ROUTE_FORCE_ANNOTATION};
 
-use crate::gates::{GateName, Gates, SwitchOptions};
+use crate::gates::{GateName, Gates, SwitchOptions, SOURCE_ANNOTATION, SOURCE_ANNOTATION_RETRY};
 use crate::metrics::Metrics;
 use crate::proxy::RelayContext;
 use crate::routing::{RouteRequest, RouteSwitch};
@@ -220,9 +220,12 @@ impl AnnotationWatch {
                 force,
                 ..Default::default()
             };
-            let evaluation = gates
-                .evaluate(ctx, current, target, options, "annotation")
-                .await;
+            let source = if pending.as_ref().is_some_and(|p| p.target == target) {
+                SOURCE_ANNOTATION_RETRY
+            } else {
+                SOURCE_ANNOTATION
+            };
+            let evaluation = gates.evaluate(ctx, current, target, options, source).await;
             if !evaluation.allowed {
                 let first = pending.as_ref().map(|p| p.target) != Some(target);
                 let reason = evaluation.refusal();

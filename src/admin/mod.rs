@@ -35,7 +35,7 @@ pub use endpoints::{Action, Endpoint, Port, ENDPOINTS};
 
 use crate::annotation::AnnotationWatch;
 use crate::config::Config;
-use crate::gates::{Gates, SwitchOptions};
+use crate::gates::{Gates, SwitchOptions, SOURCE_ADMIN};
 use crate::health::Health;
 use crate::proxy::check;
 use crate::proxy::listeners::ListenerRegistry;
@@ -355,6 +355,7 @@ async fn put_route(
     if wanted != current {
         if let Some(target) = Role::ALL
             .into_iter()
+            .filter(|r| wanted.get(*r) != current.get(*r))
             .map(|r| wanted.get(r))
             .find(|t| state.config.cluster(*t).namesrv.is_empty())
         {
@@ -365,7 +366,7 @@ async fn put_route(
         if state.gates.enabled() {
             let evaluation = state
                 .gates
-                .evaluate(&state.ctx, current, wanted, options, "admin")
+                .evaluate(&state.ctx, current, wanted, options, SOURCE_ADMIN)
                 .await;
             let gates_json = serde_json::to_value(&evaluation).unwrap_or_default();
             if options.dry_run {

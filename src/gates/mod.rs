@@ -43,6 +43,13 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// Most consumer groups whose backlog is exported as metrics (the pod's own, name order).
 pub const MAX_BACKLOG_GROUPS: usize = 16;
 
+/// `source` of an evaluation asked by the admin API.
+pub const SOURCE_ADMIN: &str = "admin";
+/// `source` of the first evaluation of an annotation change.
+pub const SOURCE_ANNOTATION: &str = "annotation";
+/// `source` of the evaluations that retry a refused annotation change.
+pub const SOURCE_ANNOTATION_RETRY: &str = "annotation_retry";
+
 /// How a switch is to be checked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct SwitchOptions {
@@ -263,6 +270,9 @@ impl Gates {
     }
 
     fn record(&self, e: &Evaluation) {
+        // A pending annotation is evaluated again every `retry_seconds`: its repeated
+        // refusals are logged at debug and counted once (by its first evaluation).
+        let retry = e.source == SOURCE_ANNOTATION_RETRY;
         let refused = !e.refused_by.is_empty();
         let outcome = match (e.dry_run, refused, e.force) {
             (true, _, _) => "dry_run",
@@ -274,7 +284,7 @@ impl Gates {
             .gate_evaluations
             .with_label_values(&[outcome])
             .inc();
-        if !e.dry_run {
+        if !e.dry_run && (!retry || e.force) {
             for gate in &e.refused_by {
                 let family = if e.force {
                     &self.metrics.gate_forced
@@ -286,6 +296,9 @@ impl Gates {
         }
         let gates: Vec<&str> = e.refused_by.iter().map(|g| g.as_str()).collect();
         match outcome {
+            "refused" if retry => {
+                tracing::debug!(source = e.source, from = %e.from, to = %e.to, refused_by = ?gates, reason = %e.refusal(), "switch still refused by the migration gates")
+            }
             "refused" => {
                 tracing::warn!(source = e.source, from = %e.from, to = %e.to, refused_by = ?gates, reason = %e.refusal(), "switch refused by the migration gates")
             }

@@ -221,6 +221,8 @@ async fn check_topic<R: ClusterReads>(
     // The groups with offsets on the topic (or online) per broker of the target: a group
     // absent there has no offset on any of that broker's queues. (A 4.9.x broker answers
     // QUERY_CONSUMER_OFFSET of an empty queue with 0 whether an offset is stored or not.)
+    // Where that cannot be asked (a 5.x Proxy serves no QUERY_TOPIC_CONSUME_BY_WHO), the
+    // per-queue answers decide alone (5.x brokers honour `setZeroIfNotFound=false`).
     let mut known_there: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for broker in &target {
         let Some(addr) = &broker.master else { continue };
@@ -229,8 +231,7 @@ async fn check_topic<R: ClusterReads>(
                 known_there.insert(broker.broker_name.clone(), g);
             }
             Err(e) => {
-                gate.failed_reads.push(e.to_string());
-                return gate;
+                tracing::debug!(cluster = %input.to, %topic, reason = %e, "groups of the topic not listed there; asking per queue");
             }
         }
     }
@@ -300,7 +301,7 @@ async fn check_group<R: ClusterReads>(
         };
         let listed = known_there
             .get(&broker.broker_name)
-            .is_some_and(|groups| groups.contains(group));
+            .is_none_or(|groups| groups.contains(group));
         for queue_id in 0..broker.queues {
             let queue = Queue {
                 broker_name: broker.broker_name.clone(),

@@ -33,6 +33,8 @@ struct Recorded {
     down: HashSet<Target>,
     /// 5.x without the subscription group: commits refused with 26.
     refuse_commits: bool,
+    /// A 5.x Proxy: QUERY_TOPIC_CONSUME_BY_WHO not served on that cluster.
+    no_by_who: HashSet<Target>,
 }
 
 fn queues(n: u32, addr: &str, name: &str) -> Vec<BrokerQueues> {
@@ -72,6 +74,14 @@ impl ClusterReads for Recorded {
         t: &str,
     ) -> Result<BTreeSet<String>, ReadError> {
         self.check(c, "by who")?;
+        if self.no_by_who.contains(&c) {
+            return Err(ReadError::Refused {
+                what: "QUERY_TOPIC_CONSUME_BY_WHO".to_owned(),
+                addr: "proxy".to_owned(),
+                code: 25,
+                remark: "request type 300 not supported".to_owned(),
+            });
+        }
         // As the brokers answer: the groups online, and those with offsets on the topic.
         let mut groups = self
             .by_who
@@ -524,4 +534,21 @@ async fn a_switch_of_both_roles_runs_both_gates_and_reports_transactions() {
     let tx = &e.checks[2];
     assert!(tx.passed && tx.transactional_groups == vec!["TXG".to_owned()]);
     assert!(tx.reason.contains("keep(s) heartbeating old"));
+}
+
+#[tokio::test]
+async fn a_target_behind_a_proxy_is_judged_by_its_per_queue_answers() {
+    let (from, to) = producers_to(Target::New);
+    let mut r = topic_consumed_on_old();
+    r.no_by_who.insert(Target::New);
+    let e = evaluate(&r, &producer_pod(), from, to, SwitchOptions::default()).await;
+    assert!(!e.allowed, "no offsets there: still refused");
+    for q in 0..2 {
+        r.offsets
+            .lock()
+            .unwrap()
+            .insert((Target::New, "G".into(), "T".into(), q), 7);
+    }
+    let e = evaluate(&r, &producer_pod(), from, to, SwitchOptions::default()).await;
+    assert!(e.allowed, "{}", e.refusal());
 }

@@ -1638,20 +1638,24 @@ class Sidecar:
         """PUT /route {"target": target}; returns (status, parsed body) without judging it."""
         return self._http("PUT", "/route", {"target": target})
 
-    def switch(self, target: str) -> dict:
-        """PUT /route to ``target``; raise unless 200 with a route whose target matches."""
-        status, body = self.switch_raw(target)
+    def switch(self, target: str, force: bool = False) -> dict:
+        """PUT /route to ``target``; raise unless 200 with a route whose target matches.
+        ``force``: past the migration gates, for tests of a mechanism (signing, metrics) that
+        stop the app and then switch, an order the gates rightly refuse."""
+        body_in: dict = {"target": target, **({"force": True} if force else {})}
+        status, body = self._http("PUT", "/route", body_in, timeout=90)
         self.switches.append((time.time(), target, status, body))
         if status != 200 or not isinstance(body, dict) or body.get("target") != target:
             raise HarnessError(f"sidecar {self.name}: PUT /route {target} -> {status} {body!r}")
         log(f"sidecar {self.name}: switched to {target}: {json.dumps(body)[:300]}")
         return body
 
-    def switch_roles(self, producer: str | None = None, consumer: str | None = None) -> dict:
+    def switch_roles(self, producer: str | None = None, consumer: str | None = None,
+                     force: bool = False) -> dict:
         """PUT /route {"producer": ..., "consumer": ...} (the roles given); raise unless 200 with
-        each given role on its target."""
+        each given role on its target. ``force``: as in ``switch``."""
         body = {k: v for k, v in (("producer", producer), ("consumer", consumer)) if v is not None}
-        status, doc = self._http("PUT", "/route", body)
+        status, doc = self._http("PUT", "/route", {**body, **({"force": True} if force else {})}, timeout=90)
         self.switches.append((time.time(), json.dumps(body), status, doc))
         ok = status == 200 and isinstance(doc, dict) and all(
             doc.get("roles", {}).get(role, {}).get("target") == t for role, t in body.items())

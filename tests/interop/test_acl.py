@@ -585,7 +585,7 @@ def test_old_acl10_app_signs_itself_then_switch(acl, test_dir, sidecar_binary):
                                 extra_args=OLD_ACL.pod_args())
         assert res.ok, f"app-signed traffic through the sidecar to ACL 1.0: {res.summary}\n{res.output[-3000:]}"
         assert {r[1] for r in res.records} == {acl.old.broker_name}
-        sc.switch("new")
+        sc.switch("new", force=True)  # the app stopped first: a signing test, not an order test
         res2 = harness.run_smoke(sc.namesrv_addr, topic, group + "N", 20, test_dir, name="smoke-new-app-signs-old",
                                  extra_args=OLD_ACL.pod_args())
         assert res2.ok, f"app signs with OLD credentials, sidecar must re-sign for new: {res2.summary}\n" \
