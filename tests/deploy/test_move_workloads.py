@@ -368,6 +368,9 @@ def test_a_pod_whose_gates_refuse_stops_the_run_with_the_reason(sidecar_bin, tmp
         assert "fails closed" in err and "rocketmq-sidecar/route-force=true" in err, err
         assert "pods of deployment/api not annotated: api-b" in err, err
         assert [c["pod"] for c in annotates(cluster.calls())] == ["api-a"]
+        # Its first batch was refused: the stage it had been given is put back (it was unset).
+        assert "stage of deployment/api was put back to (unset)" in err, err
+        assert cluster.state()["configmaps"][STAGES]["data"].get("deployment.api") is None
         doc = sidecar_route(sc)
         assert doc["target"] == "old" and doc["annotation"]["pending"]["target"] == "new", doc
     finally:
