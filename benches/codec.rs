@@ -77,7 +77,7 @@ fn main() {
     // A renaming connection without credentials (the new cluster, prefix new~): a send
     // that names no prefixed broker. Before, every such frame's header was decoded (then
     // forwarded unchanged); now its bytes are scanned and it goes as it came.
-    let rewriter = FrameRewriter::new(Renamer::new("new~"), None);
+    let rewriter = FrameRewriter::new(Renamer::new("new~"), None, None);
     support::bench(
         "renaming connection, send naming no new~ broker",
         budget,

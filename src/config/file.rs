@@ -146,4 +146,7 @@ pub struct ClusterFile {
     pub unique_key_rule: Option<String>,
     /// Topic used by the credential check to find a broker (optional).
     pub check_topic: Option<String>,
+    /// The cluster's namespace (TDMQ 4.x), wrapped around every topic and group the app
+    /// names; empty or absent = none.
+    pub namespace: Option<String>,
 }

@@ -144,6 +144,9 @@ pub struct ClusterConfig {
     pub unique_key_rule: UniqueKeyRuleSetting,
     /// Topic whose route the credential check uses to find a broker.
     pub check_topic: Option<String>,
+    /// The cluster's namespace: topics and groups are wrapped in it towards the cluster and
+    /// unwrapped towards the app (`None` = names unchanged).
+    pub namespace: Option<crate::protocol::namespace::Namespace>,
 }
 
 /// `unique_key_rule`: how the cluster's servers treat `_UNIQUE_KEY_QUERY` in signatures.

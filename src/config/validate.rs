@@ -505,6 +505,7 @@ fn gates(file: &file::GatesFile, env: &dyn Env) -> Result<GatesConfig, ConfigErr
 
 /// Dotted keys of one cluster's section, for error messages.
 struct ClusterKeys {
+    namespace: &'static str,
     namesrv: &'static str,
     secret_key: &'static str,
     security_token: &'static str,
@@ -520,6 +521,7 @@ fn cluster(
     let (keys, ns_var, vars) = match target {
         Target::Old => (
             ClusterKeys {
+                namespace: "clusters.old.namespace",
                 namesrv: "clusters.old.namesrv",
                 secret_key: "clusters.old.secret_key",
                 security_token: "clusters.old.security_token",
@@ -531,6 +533,7 @@ fn cluster(
         ),
         Target::New => (
             ClusterKeys {
+                namespace: "clusters.new.namespace",
                 namesrv: "clusters.new.namesrv",
                 secret_key: "clusters.new.secret_key",
                 security_token: "clusters.new.security_token",
@@ -620,6 +623,24 @@ fn cluster(
             });
         }
     }
+    let ns_env_var = match target {
+        Target::Old => env::OLD_NAMESPACE,
+        Target::New => env::NEW_NAMESPACE,
+    };
+    let (namespace_value, namespace_env) = match env.var(ns_env_var) {
+        Some(v) => (Some(v), Some(ns_env_var)),
+        None => (file.namespace, None),
+    };
+    let namespace = match namespace_value.filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => Some(
+            crate::protocol::namespace::Namespace::parse(&v).map_err(|e| ConfigError::Invalid {
+                key: keys.namespace,
+                message: format!("'{v}': {e}"),
+                env: namespace_env,
+            })?,
+        ),
+    };
     let default_prefix = match target {
         Target::Old => "",
         Target::New => DEFAULT_NEW_PREFIX,
@@ -633,5 +654,6 @@ fn cluster(
         credentials,
         unique_key_rule,
         check_topic,
+        namespace,
     })
 }

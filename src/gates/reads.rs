@@ -269,6 +269,22 @@ impl BrokerReads {
         })
     }
 
+    /// `name` as `cluster` knows it (wrapped in its namespace, if it has one).
+    fn wrap(&self, cluster: Target, name: &str) -> String {
+        match &self.ctx.cluster(cluster).namespace {
+            Some(ns) => ns.wrap(name).into_owned(),
+            None => name.to_owned(),
+        }
+    }
+
+    /// `name` as the app knows it.
+    fn unwrap(&self, cluster: Target, name: &str) -> String {
+        match &self.ctx.cluster(cluster).namespace {
+            Some(ns) => ns.unwrap(name).into_owned(),
+            None => name.to_owned(),
+        }
+    }
+
     fn body_error(what: &str, addr: &str) -> impl FnOnce(AdminBodyError) -> ReadError {
         let (what, addr) = (what.to_owned(), addr.to_owned());
         move |source| ReadError::Body { what, addr, source }
@@ -347,9 +363,16 @@ impl ClusterReads for BrokerReads {
     ) -> Result<BTreeSet<String>, ReadError> {
         let what = format!("QUERY_TOPIC_CONSUME_BY_WHO {topic}");
         let (_, body) = self
-            .call(cluster, addr, &what, admin::consume_by_who(topic), &[])
+            .call(
+                cluster,
+                addr,
+                &what,
+                admin::consume_by_who(&self.wrap(cluster, topic)),
+                &[],
+            )
             .await?;
-        admin::parse_group_list(&body).map_err(Self::body_error(&what, addr))
+        let groups = admin::parse_group_list(&body).map_err(Self::body_error(&what, addr))?;
+        Ok(groups.iter().map(|g| self.unwrap(cluster, g)).collect())
     }
 
     async fn online(
@@ -365,14 +388,16 @@ impl ClusterReads for BrokerReads {
                 cluster,
                 addr,
                 &what,
-                admin::consumer_connections(group),
+                admin::consumer_connections(&self.wrap(cluster, group)),
                 &accept,
             )
             .await?;
         if h.code == response::CONSUMER_NOT_ONLINE {
             return Ok(None);
         }
-        let c = admin::parse_consumer_connection(&body).map_err(Self::body_error(&what, addr))?;
+        let mut c =
+            admin::parse_consumer_connection(&body).map_err(Self::body_error(&what, addr))?;
+        c.topics = c.topics.iter().map(|t| self.unwrap(cluster, t)).collect();
         Ok(Some(c).filter(|c| !c.client_ids.is_empty()))
     }
 
@@ -389,7 +414,7 @@ impl ClusterReads for BrokerReads {
                 cluster,
                 addr,
                 &what,
-                admin::consumer_ids(group),
+                admin::consumer_ids(&self.wrap(cluster, group)),
                 &[response::SYSTEM_ERROR],
             )
             .await?;
@@ -414,7 +439,11 @@ impl ClusterReads for BrokerReads {
                 cluster,
                 addr,
                 &what,
-                admin::query_offset(group, topic, queue),
+                admin::query_offset(
+                    &self.wrap(cluster, group),
+                    &self.wrap(cluster, topic),
+                    queue,
+                ),
                 &accept,
             )
             .await?;
@@ -433,7 +462,13 @@ impl ClusterReads for BrokerReads {
     ) -> Result<i64, ReadError> {
         let what = format!("GET_MAX_OFFSET {topic}:{}", queue.queue_id);
         let (h, _) = self
-            .call(cluster, addr, &what, admin::max_offset(topic, queue), &[])
+            .call(
+                cluster,
+                addr,
+                &what,
+                admin::max_offset(&self.wrap(cluster, topic), queue),
+                &[],
+            )
             .await?;
         admin::answer_offset(&h).ok_or_else(|| ReadError::Body {
             what,
@@ -455,7 +490,12 @@ impl ClusterReads for BrokerReads {
         offset: i64,
     ) -> Result<(), ReadError> {
         let what = format!("UPDATE_CONSUMER_OFFSET {group} {topic}:{}", queue.queue_id);
-        let header = admin::update_offset(group, topic, queue, offset);
+        let header = admin::update_offset(
+            &self.wrap(cluster, group),
+            &self.wrap(cluster, topic),
+            queue,
+            offset,
+        );
         self.call(cluster, addr, &what, header, &[])
             .await
             .map(|_| ())
@@ -469,8 +509,18 @@ impl ClusterReads for BrokerReads {
     ) -> Result<Vec<QueueStat>, ReadError> {
         let what = format!("GET_CONSUME_STATS {group}");
         let (_, body) = self
-            .call(cluster, addr, &what, admin::consume_stats(group), &[])
+            .call(
+                cluster,
+                addr,
+                &what,
+                admin::consume_stats(&self.wrap(cluster, group)),
+                &[],
+            )
             .await?;
-        admin::parse_consume_stats(&body).map_err(Self::body_error(&what, addr))
+        let mut stats = admin::parse_consume_stats(&body).map_err(Self::body_error(&what, addr))?;
+        for q in &mut stats {
+            q.topic = self.unwrap(cluster, &q.topic);
+        }
+        Ok(stats)
     }
 }

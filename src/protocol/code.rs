@@ -60,8 +60,12 @@ pub mod request {
     pub const SEND_MESSAGE_V2: i32 = 310;
     /// SEND_BATCH_MESSAGE: V2 header; broker name in `n`.
     pub const SEND_BATCH_MESSAGE: i32 = 320;
+    /// SEND_REPLY_MESSAGE: long header names, like SEND_MESSAGE.
+    pub const SEND_REPLY_MESSAGE: i32 = 324;
     /// SEND_REPLY_MESSAGE_V2: V2 header; broker name in `n`.
     pub const SEND_REPLY_MESSAGE_V2: i32 = 325;
+    /// LITE_PULL_MESSAGE: the lite pull consumer's pull; answered like PULL_MESSAGE.
+    pub const LITE_PULL_MESSAGE: i32 = 361;
     /// QUERY_ASSIGNMENT (5.x pop rebalance): response lists message queues.
     pub const QUERY_ASSIGNMENT: i32 = 400;
 }

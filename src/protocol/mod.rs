@@ -6,6 +6,7 @@
 //! - [`frame`]: one frame as the bytes it arrived as, and the bounded decoder.
 //! - [`code`]: request and response codes, flag bits.
 //! - [`route`]: route, cluster-info and topic-list bodies, read leniently, rewritten.
+//! - [`messages`]: stored-message records (pull answers): topics and named properties mapped in one pass.
 //! - [`namespace`]: TDMQ namespaces: names wrapped for the cluster, unwrapped for the app.
 //! - [`names`]: broker names inside request and response bodies.
 //! - [`heartbeat`]: the groups in HEART_BEAT bodies, filtered per cluster.
@@ -16,6 +17,7 @@ pub mod code;
 pub mod frame;
 pub mod header;
 pub mod heartbeat;
+pub mod messages;
 pub mod names;
 pub mod namespace;
 pub mod route;

@@ -1,4 +1,5 @@
-//! Broker names inside JSON bodies that the sidecar does not otherwise parse:
+//! Names (broker names; topics and groups for namespaces) inside JSON bodies that the
+//! sidecar does not otherwise parse. Broker names:
 //! LOCK/UNLOCK_BATCH_MQ and their answers, RESET_CONSUMER_CLIENT_OFFSET, QUERY_ASSIGNMENT,
 //! consume/topic stats. Several of these are fastjson maps keyed by MessageQueue *objects*
 //! (`{{"brokerName":"b","queueId":0,"topic":"t"}:12}`), which no JSON parser reads, so
@@ -7,6 +8,16 @@
 
 /// Maps every `"brokerName":"..."` value in `body`. Returns `None` when nothing changed.
 pub fn map_broker_names(body: &[u8], map: &dyn Fn(&str) -> Option<String>) -> Option<Vec<u8>> {
+    map_string_values(body, &["brokerName"], map)
+}
+
+/// Maps every string value of a key in `keys` (`"key":"value"`, at any depth, object keys
+/// included) in `body`. Returns `None` when nothing changed.
+pub fn map_string_values(
+    body: &[u8],
+    keys: &[&str],
+    map: &dyn Fn(&str) -> Option<String>,
+) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
     let mut copied = 0; // bytes of `body` already copied into `out`
     let mut i = 0;
@@ -16,7 +27,10 @@ pub fn map_broker_names(body: &[u8], map: &dyn Fn(&str) -> Option<String>) -> Op
             continue;
         }
         let key_end = string_end(body, i);
-        let is_name_key = &body[i..key_end] == b"\"brokerName\"";
+        let is_name_key = key_end >= i + 2
+            && keys
+                .iter()
+                .any(|k| &body[i + 1..key_end - 1] == k.as_bytes());
         i = key_end;
         if !is_name_key {
             continue;
@@ -35,7 +49,7 @@ pub fn map_broker_names(body: &[u8], map: &dyn Fn(&str) -> Option<String>) -> Op
             break; // unterminated string: leave the rest as it is
         }
         let inner = &body[j + 1..val_end - 1];
-        // Broker names are plain text; a value with escapes is left alone.
+        // Names are plain text; a value with escapes is left alone.
         let Ok(name) = std::str::from_utf8(inner) else {
             continue;
         };

@@ -132,6 +132,56 @@ fn split_retry_dlq(name: &str) -> (&'static str, &str) {
     }
 }
 
+/// The ext fields of a request from the app that name a topic or a group, by request code
+/// (Apache RocketMQ's request headers; `defaultTopic` is the system topic TBW102 and is left
+/// to [`Namespace::wrap`]'s system rule). Properties (`properties`, V2 `i`) are handled as
+/// a string of their own.
+pub fn request_name_fields(code: i32) -> &'static [&'static str] {
+    match code {
+        // SEND_MESSAGE, SEND_REPLY_MESSAGE
+        10 | 324 => &["producerGroup", "topic"],
+        // SEND_MESSAGE_V2, SEND_BATCH_MESSAGE, SEND_REPLY_MESSAGE_V2 (a = producerGroup, b = topic)
+        310 | 320 | 325 => &["a", "b"],
+        // PULL_MESSAGE, QUERY_CONSUMER_OFFSET, UPDATE_CONSUMER_OFFSET, LITE_PULL_MESSAGE,
+        // QUERY_ASSIGNMENT
+        11 | 14 | 15 | 361 | 400 => &["consumerGroup", "topic"],
+        // QUERY_MESSAGE, SEARCH_OFFSET_BY_TIMESTAMP, GET_MAX_OFFSET, GET_MIN_OFFSET,
+        // GET_EARLIEST_MSG_STORETIME, GET_ROUTEINFO_BY_TOPIC
+        12 | 29 | 30 | 31 | 32 | 105 => &["topic"],
+        // UNREGISTER_CLIENT
+        35 => &["producerGroup", "consumerGroup"],
+        // CONSUMER_SEND_MSG_BACK
+        36 => &["group", "originTopic"],
+        // END_TRANSACTION (5.x adds the topic)
+        37 => &["producerGroup", "topic"],
+        // GET_CONSUMER_LIST_BY_GROUP
+        38 => &["consumerGroup"],
+        // CHECK_CLIENT_CONFIG
+        46 => &["group"],
+        _ => &[],
+    }
+}
+
+/// The ext fields of a request from the broker to the app that name a topic or a group.
+pub fn broker_request_name_fields(code: i32) -> &'static [&'static str] {
+    match code {
+        // CHECK_TRANSACTION_STATE (5.x carries the topic)
+        39 => &["topic"],
+        // NOTIFY_CONSUMER_IDS_CHANGED
+        40 => &["consumerGroup"],
+        // RESET_CONSUMER_CLIENT_OFFSET, GET_CONSUMER_STATUS_FROM_CLIENT
+        220 | 221 => &["topic", "group"],
+        // GET_CONSUMER_RUNNING_INFO, CONSUME_MESSAGE_DIRECTLY
+        307 | 309 => &["consumerGroup"],
+        _ => &[],
+    }
+}
+
+/// JSON body keys that name a topic or a group: heartbeats (`groupName`, subscriptions'
+/// `topic`), lock and unlock bodies and answers (`consumerGroup`, queues' `topic`), message
+/// queues in assignments, offsets and running info.
+pub const BODY_NAME_KEYS: [&str; 3] = ["topic", "groupName", "consumerGroup"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,8 @@ pub struct Cluster {
     pub signer: Arc<Signer>,
     /// Topic the credential check uses to find a broker.
     pub check_topic: Option<String>,
+    /// The cluster's namespace (TDMQ 4.x): names are wrapped towards it, unwrapped back.
+    pub namespace: Option<crate::protocol::namespace::Namespace>,
 }
 
 /// What every relayed connection needs.
@@ -125,10 +127,12 @@ impl RelayContext {
                     config.frame_max_bytes,
                     signer.clone(),
                     metrics.clone(),
-                ),
+                )
+                .with_namespace(c.namespace.clone()),
                 renamer: Renamer::new(&c.broker_name_prefix),
                 signer,
                 check_topic: c.check_topic.clone(),
+                namespace: c.namespace.clone(),
             }))
         };
         Ok(Self {

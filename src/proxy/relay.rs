@@ -135,8 +135,9 @@ async fn relay_connected(
         .signer
         .is_configured()
         .then(|| runtime.signer.clone());
-    let rewriter = (renamer.is_active() || signer.is_some())
-        .then(|| Arc::new(FrameRewriter::new(renamer, signer.clone())));
+    let namespace = runtime.namespace.clone();
+    let rewriter = (renamer.is_active() || signer.is_some() || namespace.is_some())
+        .then(|| Arc::new(FrameRewriter::new(renamer, signer.clone(), namespace)));
     let roles = Arc::new(RoleFilter::new(
         cluster,
         m.clone(),

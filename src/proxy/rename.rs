@@ -16,7 +16,9 @@ use bytes::Bytes;
 use super::Signer;
 use crate::protocol::code::request;
 use crate::protocol::header::json_ext_starts_with;
-use crate::protocol::names::map_broker_names;
+use crate::protocol::messages::{map_messages, map_properties};
+use crate::protocol::names::{map_broker_names, map_string_values};
+use crate::protocol::namespace::{self, Namespace};
 use crate::protocol::{Header, HeaderError, RawFrame, SerializeType};
 
 /// Upper bound on remembered in-flight requests per connection.
@@ -34,6 +36,7 @@ pub struct Renamer {
 pub struct FrameRewriter {
     renamer: Renamer,
     signer: Option<Arc<Signer>>,
+    namespace: Option<Namespace>,
     /// Client request opaque -> code, for responses whose body names brokers.
     client_requests: Mutex<HashMap<i32, i32>>,
     /// Broker request opaque -> code, for client replies whose body names brokers.
@@ -77,12 +80,18 @@ impl Renamer {
 // === impl FrameRewriter ===
 
 impl FrameRewriter {
-    /// A rewriter for one connection to a cluster with `renamer` and, when the cluster has
-    /// credentials, `signer`.
-    pub fn new(renamer: Renamer, signer: Option<Arc<Signer>>) -> Self {
+    /// A rewriter for one connection to a cluster with `renamer`, when the cluster has
+    /// credentials `signer`, and when it has a namespace `namespace` (topics and groups are
+    /// wrapped in it towards the broker and unwrapped towards the app).
+    pub fn new(
+        renamer: Renamer,
+        signer: Option<Arc<Signer>>,
+        namespace: Option<Namespace>,
+    ) -> Self {
         Self {
             renamer,
             signer,
+            namespace,
             client_requests: Mutex::new(HashMap::new()),
             broker_requests: Mutex::new(HashMap::new()),
         }
@@ -93,25 +102,53 @@ impl FrameRewriter {
         if frame.is_response() {
             let code = lock(&self.broker_requests).remove(&frame.opaque());
             if code.is_some() {
-                if let Some(body) = map_broker_names(&frame.body(), &|n| {
-                    self.renamer.to_upstream(n).map(str::to_owned)
-                }) {
+                let mut body = frame.body();
+                let mut changed = false;
+                if let Some(mapped) =
+                    map_broker_names(&body, &|n| self.renamer.to_upstream(n).map(str::to_owned))
+                {
+                    body = Bytes::from(mapped);
+                    changed = true;
+                }
+                if let Some(ns) = &self.namespace {
+                    if let Some(mapped) = map_string_values(&body, &["topic"], &|n| wrapped(ns, n))
+                    {
+                        body = Bytes::from(mapped);
+                        changed = true;
+                    }
+                }
+                if changed {
                     return Ok(frame.with_body(&body));
                 }
             }
             return Ok(frame.into_bytes());
         }
         let code = frame.code();
-        if matches!(
+        let answers_with_names = matches!(
             code,
             request::LOCK_BATCH_MQ
                 | request::QUERY_ASSIGNMENT
                 | request::GET_CONSUME_STATS
                 | request::GET_TOPIC_STATS_INFO
-        ) && !frame.is_oneway()
-        {
+        ) || (self.namespace.is_some() && answers_with_messages(code));
+        if answers_with_names && !frame.is_oneway() {
             track(&self.client_requests, frame.opaque(), code);
         }
+        let ns_fields: &[&str] = match &self.namespace {
+            Some(_) => namespace::request_name_fields(code),
+            None => &[],
+        };
+        let ns_body = self.namespace.is_some() && names_in_body(code);
+        let ns_props: Option<&str> = match (&self.namespace, code) {
+            (Some(_), request::SEND_MESSAGE | request::SEND_REPLY_MESSAGE) => Some("properties"),
+            (
+                Some(_),
+                request::SEND_MESSAGE_V2
+                | request::SEND_BATCH_MESSAGE
+                | request::SEND_REPLY_MESSAGE_V2,
+            ) => Some("i"),
+            _ => None,
+        };
         let keys: &[&str] = if matches!(
             code,
             request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE | request::SEND_REPLY_MESSAGE_V2
@@ -123,6 +160,9 @@ impl FrameRewriter {
         // Decide per frame, from its bytes, whether anything changes: without credentials to
         // sign with, a JSON request that names no prefixed broker goes as it came, undecoded.
         if self.signer.is_none()
+            && ns_fields.is_empty()
+            && !ns_body
+            && ns_props.is_none()
             && frame.serialize_type() == SerializeType::Json
             && !matches!(code, request::LOCK_BATCH_MQ | request::UNLOCK_BATCH_MQ)
             && !keys
@@ -152,6 +192,33 @@ impl FrameRewriter {
                 changed = true;
             }
         }
+        if let Some(ns) = &self.namespace {
+            for key in ns_fields {
+                let w = header.ext(key).and_then(|v| wrapped(ns, v));
+                if let Some(w) = w {
+                    header.set_ext(key, w);
+                    changed = true;
+                }
+            }
+            if let Some(key) = ns_props {
+                let mapped = header
+                    .ext(key)
+                    .and_then(|p| map_properties(p.as_bytes(), &|n| wrapped(ns, n)))
+                    .and_then(|p| String::from_utf8(p).ok());
+                if let Some(p) = mapped {
+                    header.set_ext(key, p);
+                    changed = true;
+                }
+            }
+            if ns_body {
+                if let Some(mapped) =
+                    map_string_values(&body, &namespace::BODY_NAME_KEYS, &|n| wrapped(ns, n))
+                {
+                    body = Bytes::from(mapped);
+                    changed = true;
+                }
+            }
+        }
         // Signing comes last: the signature covers every ext value and the body.
         if let Some(signer) = &self.signer {
             if signer.sign(&mut header, &body) {
@@ -175,17 +242,46 @@ impl FrameRewriter {
             }
         }
         if frame.is_response() {
-            if lock(&self.client_requests)
-                .remove(&frame.opaque())
-                .is_some()
-            {
-                if let Some(body) =
-                    map_broker_names(&frame.body(), &|n| Some(self.renamer.to_client(n)))
-                {
-                    return Ok(frame.with_body(&body));
+            let Some(code) = lock(&self.client_requests).remove(&frame.opaque()) else {
+                return Ok(frame.into_bytes());
+            };
+            let mut body = frame.body();
+            let mut changed = false;
+            if let Some(ns) = &self.namespace {
+                let mapped = if answers_with_messages(code) {
+                    if frame.code() == 0 {
+                        match map_messages(&body, &|n| unwrapped(ns, n)) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                tracing::debug!(reason = %e, "pulled messages left as they came");
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    }
+                } else {
+                    map_string_values(&body, &["topic"], &|n| unwrapped(ns, n))
+                };
+                if let Some(m) = mapped {
+                    body = Bytes::from(m);
+                    changed = true;
                 }
             }
-            return Ok(frame.into_bytes());
+            if !answers_with_messages(code) {
+                if let Some(m) = map_broker_names(&body, &|n| Some(self.renamer.to_client(n))) {
+                    body = Bytes::from(m);
+                    changed = true;
+                }
+            }
+            return Ok(if changed {
+                frame.with_body(&body)
+            } else {
+                frame.into_bytes()
+            });
+        }
+        if let Some(ns) = &self.namespace {
+            return self.broker_request_to_namespaced_app(frame, ns);
         }
         match frame.code() {
             request::CONSUME_MESSAGE_DIRECTLY => {
@@ -209,6 +305,106 @@ impl FrameRewriter {
             }
             _ => Ok(frame.into_bytes()),
         }
+    }
+}
+
+impl FrameRewriter {
+    /// A request from a namespaced cluster's broker to the app: its names unwrapped (header
+    /// fields, message bodies, offset tables), broker names mapped.
+    fn broker_request_to_namespaced_app(
+        &self,
+        frame: RawFrame,
+        ns: &Namespace,
+    ) -> Result<Bytes, HeaderError> {
+        let code = frame.code();
+        if matches!(
+            code,
+            request::CONSUME_MESSAGE_DIRECTLY | request::GET_CONSUMER_RUNNING_INFO
+        ) {
+            track(&self.broker_requests, frame.opaque(), code);
+        }
+        let fields = namespace::broker_request_name_fields(code);
+        let with_messages = matches!(
+            code,
+            request::CHECK_TRANSACTION_STATE | request::CONSUME_MESSAGE_DIRECTLY
+        );
+        if fields.is_empty() && !with_messages && code != request::RESET_CONSUMER_CLIENT_OFFSET {
+            return Ok(frame.into_bytes());
+        }
+        let mut header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
+        let mut changed = false;
+        for key in fields {
+            let u = header.ext(key).and_then(|v| unwrapped(ns, v));
+            if let Some(u) = u {
+                header.set_ext(key, u);
+                changed = true;
+            }
+        }
+        if code == request::CONSUME_MESSAGE_DIRECTLY {
+            if let Some(name) = header.ext("brokerName").map(|n| self.renamer.to_client(n)) {
+                header.set_ext("brokerName", name);
+                changed = true;
+            }
+        }
+        let mut body = frame.body();
+        if with_messages {
+            if let Ok(Some(m)) = map_messages(&body, &|n| unwrapped(ns, n)) {
+                body = Bytes::from(m);
+                changed = true;
+            }
+        }
+        if code == request::RESET_CONSUMER_CLIENT_OFFSET {
+            let renamed = map_broker_names(&body, &|n| Some(self.renamer.to_client(n)));
+            let source = renamed.as_deref().unwrap_or(&body);
+            let unwrapped_body = map_string_values(source, &["topic"], &|n| unwrapped(ns, n));
+            if let Some(m) = unwrapped_body.or(renamed) {
+                body = Bytes::from(m);
+                changed = true;
+            }
+        }
+        Ok(if changed {
+            header.encode_frame(&body)
+        } else {
+            frame.into_bytes()
+        })
+    }
+}
+
+/// Request codes whose answer is a run of stored messages (pulls, message queries).
+fn answers_with_messages(code: i32) -> bool {
+    matches!(
+        code,
+        request::PULL_MESSAGE | request::LITE_PULL_MESSAGE | 12 | 33
+    )
+}
+
+/// Request codes whose JSON body names topics or groups: heartbeats, lock and unlock
+/// bodies, CHECK_CLIENT_CONFIG, QUERY_ASSIGNMENT and SET_MESSAGE_REQUEST_MODE.
+fn names_in_body(code: i32) -> bool {
+    matches!(
+        code,
+        request::HEART_BEAT
+            | request::LOCK_BATCH_MQ
+            | request::UNLOCK_BATCH_MQ
+            | 46
+            | request::QUERY_ASSIGNMENT
+            | 401
+    )
+}
+
+/// `name` wrapped in `ns`, when that changes it.
+fn wrapped(ns: &Namespace, name: &str) -> Option<String> {
+    match ns.wrap(name) {
+        std::borrow::Cow::Owned(w) => Some(w),
+        std::borrow::Cow::Borrowed(_) => None,
+    }
+}
+
+/// `name` without `ns`, when that changes it.
+fn unwrapped(ns: &Namespace, name: &str) -> Option<String> {
+    match ns.unwrap(name) {
+        std::borrow::Cow::Owned(u) => Some(u),
+        std::borrow::Cow::Borrowed(_) => None,
     }
 }
 

@@ -70,6 +70,8 @@ pub struct NameServerClient {
     max_frame: usize,
     signer: Arc<Signer>,
     metrics: Metrics,
+    /// The cluster's namespace: topics in requests are wrapped in it.
+    namespace: Option<crate::protocol::namespace::Namespace>,
 }
 
 #[derive(Debug)]
@@ -107,7 +109,17 @@ impl NameServerClient {
             max_frame,
             signer,
             metrics,
+            namespace: None,
         }
+    }
+
+    /// Wraps the topics of every request in `namespace` (a TDMQ 4.x cluster).
+    pub fn with_namespace(
+        mut self,
+        namespace: Option<crate::protocol::namespace::Namespace>,
+    ) -> Self {
+        self.namespace = namespace;
+        self
     }
 
     /// The configured addresses.
@@ -198,6 +210,15 @@ impl NameServerClient {
         let timeout = budget(self.timeout);
         let mut header = header.clone();
         header.opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        // A namespaced cluster knows its topics by their wrapped names (signed as wrapped).
+        if let Some(ns) = &self.namespace {
+            for key in crate::protocol::namespace::request_name_fields(header.code) {
+                let wrapped = header.ext(key).map(|v| ns.wrap(v).into_owned());
+                if let Some(w) = wrapped {
+                    header.set_ext(key, w);
+                }
+            }
+        }
         // Name servers of a cluster with credentials get signed requests too (TDMQ's and
         // 5.x proxies check them; Apache name servers ignore them).
         let signed = self.signer.is_configured() && self.signer.sign(&mut header, body);

@@ -75,6 +75,10 @@ pub mod env {
     pub const OLD_NAMESRV: &str = "RMQ_SIDECAR_OLD_NAMESRV";
     /// New cluster name servers.
     pub const NEW_NAMESRV: &str = "RMQ_SIDECAR_NEW_NAMESRV";
+    /// The old cluster's namespace (TDMQ 4.x), empty = none.
+    pub const OLD_NAMESPACE: &str = "RMQ_SIDECAR_OLD_NAMESPACE";
+    /// The new cluster's namespace (TDMQ 4.x: `rocketmq-xxx|namespace`), empty = none.
+    pub const NEW_NAMESPACE: &str = "RMQ_SIDECAR_NEW_NAMESPACE";
     /// Initial target.
     pub const TARGET: &str = "RMQ_SIDECAR_TARGET";
     /// Name-server listen address.

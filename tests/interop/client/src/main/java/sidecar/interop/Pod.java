@@ -61,7 +61,9 @@ import org.apache.rocketmq.remoting.RPCHook;
  *       consumer ({@code --orderly}: a {@code MessageListenerOrderly}, which locks its queues with
  *       LOCK_BATCH_MQ);
  *       (CLUSTERING); one line per received message:
- *       {@code key TAB brokerName TAB queueId TAB queueOffset TAB epochMillis}.</li>
+ *       {@code key TAB brokerName TAB queueId TAB queueOffset TAB epochMillis TAB topic TAB
+ *       reconsumeTimes}; {@code --fail-every N} fails the first delivery of every Nth key (it
+ *       returns through the retry topic).</li>
  *   <li>{@code smoke --topic T --group G --count N [--timeout-s S] [--out FILE]}: produce N keys and
  *       consume them back with a push consumer in the same JVM; exit 0 only if all arrived.</li>
  *   <li>{@code query-keys --topic T --keys k1,k2 | --keys-file F}: ask the brokers (QUERY_MESSAGE via
@@ -77,7 +79,8 @@ import org.apache.rocketmq.remoting.RPCHook;
  * {@code rocketmq.client.rebalance.waitInterval}, set before any client class loads),
  * {@code --stop-file FILE} (default {@code <out>.stop}), {@code --ak AK --sk SK [--token T]} (the app
  * signs every request itself with the official {@code AclClientRPCHook}; without them it sends no
- * credentials). Unset timers keep the RocketMQ defaults.
+ * credentials), {@code --namespace NS} ({@code setNamespace}: the client wraps every topic and
+ * group itself, as TDMQ 4.x samples do). Unset timers keep the RocketMQ defaults.
  * The pod stops cleanly (calling {@code shutdown()}) on SIGTERM or when the stop file appears.
  */
 public final class Pod {
@@ -301,7 +304,8 @@ public final class Pod {
         try (LineSink sink = new LineSink(need("out"))) {
             DefaultMQPushConsumer consumer = newConsumer(need("group"), topic, (key, brokerName, ext) -> {
                 sink.line(key, brokerName, Integer.toString(ext.getQueueId()),
-                        Long.toString(ext.getQueueOffset()), Long.toString(System.currentTimeMillis()));
+                        Long.toString(ext.getQueueOffset()), Long.toString(System.currentTimeMillis()),
+                        ext.getTopic(), Integer.toString(ext.getReconsumeTimes()));
                 received.incrementAndGet();
             });
             consumer.start();
@@ -363,6 +367,7 @@ public final class Pod {
             });
             return consumer;
         }
+        int failEvery = Integer.parseInt(opts.getOrDefault("fail-every", "0"));
         consumer.registerMessageListener((MessageListenerConcurrently) (msgs, context) -> {
             String brokerName = context.getMessageQueue().getBrokerName();
             try {
@@ -370,6 +375,11 @@ public final class Pod {
                     String key = m.getKeys();
                     if (key == null || key.isEmpty()) {
                         key = new String(m.getBody(), StandardCharsets.UTF_8);
+                    }
+                    // --fail-every N: the first delivery of every Nth key fails, so it comes back
+                    // through the group's retry topic (one message per batch: the default).
+                    if (failEvery > 0 && m.getReconsumeTimes() == 0 && Math.floorMod(key.hashCode(), failEvery) == 0) {
+                        return ConsumeConcurrentlyStatus.RECONSUME_LATER;
                     }
                     receiver.accept(key, brokerName, m);
                 }
@@ -577,6 +587,9 @@ public final class Pod {
         }
         if (opts.containsKey("persist-offset-ms")) {
             c.setPersistConsumerOffsetInterval(Integer.parseInt(opts.get("persist-offset-ms")));
+        }
+        if (opts.containsKey("namespace")) {
+            c.setNamespace(opts.get("namespace"));
         }
     }
 
