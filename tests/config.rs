@@ -248,3 +248,30 @@ fn credential_sources_come_from_env_before_the_file() {
     );
     assert!(e.contains("clusters.old.unique_key_rule"), "{e}");
 }
+
+#[test]
+fn namespaces_come_from_the_file_or_the_environment_and_are_checked() {
+    let text = "[clusters.old]\nnamesrv = \"a:1\"\n[clusters.new]\nnamesrv = \"b:1\"\nnamespace = \"rocketmq-abc|ns1\"\n";
+    let c = Config::from_toml_str(text, &env(&[])).unwrap();
+    assert_eq!(
+        c.new.namespace.as_ref().map(|n| n.as_str()),
+        Some("rocketmq-abc|ns1")
+    );
+    assert!(c.old.namespace.is_none(), "no namespace unless set");
+    let c =
+        Config::from_toml_str(text, &env(&[("RMQ_SIDECAR_NEW_NAMESPACE", "MQ_INST_x|y")])).unwrap();
+    assert_eq!(
+        c.new.namespace.as_ref().map(|n| n.as_str()),
+        Some("MQ_INST_x|y")
+    );
+    let e = err(&text.replace("rocketmq-abc|ns1", "bad%ns"), &[]);
+    assert!(
+        e.contains("clusters.new.namespace") && e.contains("'%' is not allowed"),
+        "{e}"
+    );
+    let e = err(text, &[("RMQ_SIDECAR_OLD_NAMESPACE", "with space")]);
+    assert!(
+        e.contains("clusters.old.namespace") && e.contains("RMQ_SIDECAR_OLD_NAMESPACE"),
+        "{e}"
+    );
+}

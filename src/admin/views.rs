@@ -17,6 +17,7 @@ pub fn config_json(c: &Config) -> serde_json::Value {
             "credentials": k.credentials.describe(),
             "unique_key_rule": format!("{:?}", k.unique_key_rule).to_ascii_lowercase(),
             "check_topic": k.check_topic,
+            "namespace": k.namespace.as_ref().map(|n| n.as_str()),
         })
     };
     json!({

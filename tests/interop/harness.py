@@ -1851,7 +1851,7 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
                   rate: float = 50, bounds: MigrationBounds | None = None,
                   say: Callable[[str], None] = log, broker_name_prefix: str = "new~",
                   sidecar_binary: Path | None = None, sidecar_options: dict | None = None,
-                  new_namesrv: str | None = None) -> MigrationReport:
+                  new_namesrv: str | None = None, new_namespace: str | None = None) -> MigrationReport:
     """Move two consumer pods and one producer pod from ``old`` to ``new`` through sidecars.
 
     Order (the safe one): topic+group exist on both clusters; C1 moves first, then the producer,
@@ -1863,12 +1863,18 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
     ``sidecar_options``: extra ``Sidecar`` keyword arguments for every sidecar (credentials via
     ``cluster_toml`` / ``env``). ``new_namesrv``: what the sidecars use as the new cluster's name
     server (default ``new.namesrv_addr``; e.g. a RocketMQ Proxy's remoting address).
+    ``new_namespace``: the new cluster is namespaced (TDMQ 4.x): the topic and group exist there
+    only as ``<ns>%name`` and every sidecar has ``clusters.new.namespace`` set; the apps stay
+    without a namespace.
     """
     bounds = bounds or MigrationBounds.for_timers(timers)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     suffix = f"{int(time.time()) % 100000}{random.randrange(100):02d}"
     topic, group, pgroup = f"MigTopic{suffix}", f"MigGroup{suffix}", f"MigProducer{suffix}"
+    # How the new cluster names them (namespaced on a TDMQ 4.x-like cluster).
+    new_topic = f"{new_namespace}%{topic}" if new_namespace else topic
+    new_group = f"{new_namespace}%{group}" if new_namespace else group
     report = MigrationReport(label, repr(old), repr(new), client_version, timers.describe(), topic, group)
     t0 = time.monotonic()
 
@@ -1885,10 +1891,15 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
     retire_s = 45 if timers.heartbeat_s >= 30 else max(3, math.ceil(3 * timers.heartbeat_s))
 
     def sidecar(n: str) -> Sidecar:
+        options = dict(sidecar_options or {})
+        if new_namespace:
+            cluster_toml = {k: dict(v) for k, v in options.pop("cluster_toml", {}).items()}
+            cluster_toml.setdefault("new", {})["namespace"] = new_namespace
+            options["cluster_toml"] = cluster_toml
         sc = Sidecar(n, old_namesrv=old.namesrv_addr, new_namesrv=new_namesrv or new.namesrv_addr,
                      workdir=workdir, target="old", binary=sidecar_binary,
                      broker_name_prefix=broker_name_prefix,
-                     extra_toml=f"[upstream]\nretire_idle_seconds = {retire_s}\n", **(sidecar_options or {}))
+                     extra_toml=f"[upstream]\nretire_idle_seconds = {retire_s}\n", **options)
         sidecars.append(sc)
         return sc.start()
 
@@ -1905,8 +1916,9 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
     try:
         try:
             for c in (new, old):  # step 1: resources on the NEW cluster first (and on old)
-                c.update_topic(topic, 4)
-                c.update_sub_group(group)
+                ns = f"{new_namespace}%" if new_namespace and c is new else ""
+                c.update_topic(ns + topic, 4)
+                c.update_sub_group(ns + group)
             mark(f"topic {topic} and group {group} created on the new and the old cluster")
 
             sc_c1, sc_c2, sc_p = sidecar("c1"), sidecar("c2"), sidecar("p")
@@ -1923,7 +1935,7 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
 
             sc_c1.switch("new")
             mark("C1's sidecar switched to new")
-            wait_until(lambda: new.consumer_online(group, "C1"), bounds.c1_on_new,
+            wait_until(lambda: new.consumer_online(new_group, "C1"), bounds.c1_on_new,
                        "C1 online on the new cluster", 1.0, any_exited(c1))
             mark("C1 is online on new (broker-side consumerConnection)")
             time.sleep(bounds.c1_settle)
@@ -1934,9 +1946,9 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
             wait_until(lambda: any(_classify(r[1], old, new, broker_name_prefix) == "new" for r in p.records()),
                        bounds.producer_on_new, "producer acks from the new cluster", 0.5, any_exited(p))
             mark("P's sends are acked by the new cluster")
-            wait_until(lambda: (new.topic_max_offsets_total(topic) or 0) > 0, 30,
+            wait_until(lambda: (new.topic_max_offsets_total(new_topic) or 0) > 0, 30,
                        "messages stored on the new broker", 1.0)
-            mark(f"the new broker stores messages (max offsets total {new.topic_max_offsets_total(topic)})")
+            mark(f"the new broker stores messages (max offsets total {new.topic_max_offsets_total(new_topic)})")
 
             lag_seen: list = []
 
@@ -1994,14 +2006,14 @@ def run_migration(old: Cluster, new: Cluster, workdir: Path, *, label: str,
 
         new_keys = [r[0] for r in sent_records if _classify(r[1], old, new, broker_name_prefix) == "new"]
         try:  # broker-side checks, straight at the real name servers (not through a sidecar)
-            report.new_max_offsets_total = new.topic_max_offsets_total(topic)
+            report.new_max_offsets_total = new.topic_max_offsets_total(new_topic)
             report.old_max_offsets_total = old.topic_max_offsets_total(topic)
             if new_keys:
-                report.new_sample = new.keys_stored(topic, new_keys, sample=5)
+                report.new_sample = new.keys_stored(new_topic, new_keys, sample=5)
                 report.new_sample_wrong_host = [k for k, h in report.new_sample.store_hosts.items()
                                                 if h != new.broker_addr]
             report.old_final_lag = old.consumer_lag(group, topic)
-            report.new_final_lag = new.consumer_lag(group, topic)
+            report.new_final_lag = new.consumer_lag(new_group, new_topic)
         except HarnessError as e:
             report.error = (report.error + "\n" if report.error else "") + f"broker-side check failed: {e}"
     finally:

@@ -81,3 +81,15 @@ def test_an_app_without_a_namespace_uses_a_namespaced_cluster(pair_distinct, tes
         for p in pods:
             p.stop()
         sc.stop()
+
+
+def test_migration_to_a_namespaced_cluster(pair_distinct, test_dir, sidecar_binary, record_migration):
+    """The interop migration (two consumer pods and a producer pod, the safe order through the
+    gates) onto a new cluster that knows the topic and group only by their namespaced names."""
+    report = harness.run_migration(pair_distinct.old, pair_distinct.new, test_dir,
+                                   label=f"4.9.7 -> 5.3.3 namespaced ({NS})", timers=TIMERS, rate=50,
+                                   sidecar_binary=sidecar_binary, new_namespace=NS)
+    record_migration(report)
+    assert report.error is None, report.error
+    assert report.sent_new > 0, "nothing went to the new cluster"
+    assert report.lost == [], f"lost {len(report.lost)}: {report.lost[:20]}"

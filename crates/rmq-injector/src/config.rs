@@ -113,6 +113,10 @@ pub struct SidecarTemplate {
     pub old_namesrv: String,
     /// New cluster name servers.
     pub new_namesrv: String,
+    /// Old cluster namespace (TDMQ 4.x), if it has one.
+    pub old_namespace: Option<String>,
+    /// New cluster namespace (TDMQ 4.x: `rocketmq-xxx|namespace`), if it has one.
+    pub new_namespace: Option<String>,
     /// Route of a pod whose workload has no stage (`old`, `new`, or per role).
     pub default_target: RoleTargets,
     /// Secret with the old cluster's `access-key` / `secret-key`.
@@ -199,6 +203,8 @@ struct SidecarFile {
     mode: String,
     old_namesrv: String,
     new_namesrv: String,
+    old_namespace: String,
+    new_namespace: String,
     default_target: String,
     old_credentials_secret: String,
     new_credentials_secret: String,
@@ -222,6 +228,8 @@ impl Default for SidecarFile {
             mode: "native".into(),
             old_namesrv: String::new(),
             new_namesrv: String::new(),
+            old_namespace: String::new(),
+            new_namespace: String::new(),
             default_target: "old".into(),
             old_credentials_secret: String::new(),
             new_credentials_secret: String::new(),
@@ -339,6 +347,8 @@ impl InjectorConfig {
                 },
                 old_namesrv: namesrv_list("sidecar.old_namesrv", &c.old_namesrv)?,
                 new_namesrv: namesrv_list("sidecar.new_namesrv", &c.new_namesrv)?,
+                old_namespace: namespace("sidecar.old_namespace", &c.old_namespace)?,
+                new_namespace: namespace("sidecar.new_namespace", &c.new_namespace)?,
                 default_target: RoleTargets::parse(&c.default_target)
                     .map_err(|e| invalid("sidecar.default_target", e))?,
                 old_credentials_secret: non_empty(&c.old_credentials_secret)
@@ -426,6 +436,15 @@ fn namesrv_list(key: &'static str, value: &str) -> Result<String, InjectorConfig
         Ok(list) => Ok(list.join(";")),
         Err(e) => Err(invalid(key, e)),
     }
+}
+
+/// A cluster namespace (TDMQ 4.x); empty = none.
+fn namespace(key: &'static str, value: &str) -> Result<Option<String>, InjectorConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    rmq_common::contract::check_namespace(value).map_err(|e| invalid(key, e))?;
+    Ok(Some(value.to_owned()))
 }
 
 /// A Kubernetes resource quantity such as `20m`, `0.5`, `128Mi`, `1G`; empty = unset.

@@ -257,6 +257,14 @@ fn sidecar_container(t: &SidecarTemplate) -> Value {
         json!({"name": env::LOG_FORMAT, "value": t.log_format}),
         json!({"name": env::DRAIN_SECONDS, "value": t.drain_seconds.to_string()}),
     ];
+    for (name, value) in [
+        (env::OLD_NAMESPACE, &t.old_namespace),
+        (env::NEW_NAMESPACE, &t.new_namespace),
+    ] {
+        if let Some(ns) = value {
+            env.push(json!({"name": name, "value": ns}));
+        }
+    }
     let mut mounts = vec![
         json!({"name": STATE_VOLUME, "mountPath": STATE_DIR}),
         json!({"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": true}),
@@ -513,6 +521,28 @@ mod tests {
                 .unwrap_err()
                 .reason,
             "invalid-pod"
+        );
+    }
+
+    #[test]
+    fn a_namespaced_cluster_is_carried_to_the_sidecar() {
+        let t = template("new_namespace = \"rocketmq-abc|ns1\"\n");
+        let mut p = pod();
+        inject(&mut p, &t, &PodInputs::default());
+        let env = p["spec"]["initContainers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(env.contains(&json!({"name": env::NEW_NAMESPACE, "value": "rocketmq-abc|ns1"})));
+        assert!(!env.iter().any(|e| e["name"] == env::OLD_NAMESPACE));
+        let bad = InjectorConfig::parse(
+            "[sidecar]\nold_namesrv = \"o:1\"\nnew_namesrv = \"n:1\"\nnew_namespace = \"a%b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("sidecar.new_namespace") && bad.contains("'%'"),
+            "{bad}"
         );
     }
 
