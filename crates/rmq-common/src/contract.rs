@@ -204,6 +204,32 @@ fn unquote(v: &str) -> String {
     out
 }
 
+/// Checks a cluster namespace (TDMQ 4.x: `rocketmq-xxx|namespace`): the characters the servers
+/// accept in resource names other than the `%` separator (letters, digits, `-`, `_`, `|`),
+/// at most 64 of them. The error says what to fix.
+pub fn check_namespace(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(
+            "the namespace is empty; leave it out for a cluster without namespaces".to_owned(),
+        );
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '|')))
+    {
+        return Err(format!(
+            "'{c}' is not allowed in a namespace (letters, digits, '-', '_' and '|' are)"
+        ));
+    }
+    if value.len() > 64 {
+        return Err(format!(
+            "the namespace is {} characters long; the most is 64",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,30 +272,4 @@ mod tests {
             "the app's name server is the sidecar's name-server port"
         );
     }
-}
-
-/// Checks a cluster namespace (TDMQ 4.x: `rocketmq-xxx|namespace`): the characters the servers
-/// accept in resource names other than the `%` separator (letters, digits, `-`, `_`, `|`),
-/// at most 64 of them. The error says what to fix.
-pub fn check_namespace(value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err(
-            "the namespace is empty; leave it out for a cluster without namespaces".to_owned(),
-        );
-    }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '|')))
-    {
-        return Err(format!(
-            "'{c}' is not allowed in a namespace (letters, digits, '-', '_' and '|' are)"
-        ));
-    }
-    if value.len() > 64 {
-        return Err(format!(
-            "the namespace is {} characters long; the most is 64",
-            value.len()
-        ));
-    }
-    Ok(())
 }
