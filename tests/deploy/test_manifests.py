@@ -72,7 +72,7 @@ STAGES_CONFIGMAP = "rocketmq-sidecar-stages"
 CONTRACT_KEYS = {
     "webhook": {"listen", "health_listen", "max_connections", "cert_file", "key_file", "uninjectable"},
     "stages": {"configmap", "kube_api", "ca_file", "token_file", "timeout_ms"},
-    "sidecar": {"image", "image_pull_policy", "mode", "old_namesrv", "new_namesrv", "default_target",
+    "sidecar": {"image", "image_pull_policy", "mode", "old_namesrv", "new_namesrv", "old_namespace", "new_namespace", "default_target",
                 "old_credentials_secret", "new_credentials_secret", "java_tool_options", "cpu_request",
                 "memory_request", "cpu_limit", "memory_limit", "log_format", "drain_seconds"},
 }
