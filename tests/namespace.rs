@@ -246,3 +246,33 @@ fn locks_and_broker_requests_round_trip() {
     let original = f.bytes().clone();
     assert_eq!(rw.client_to_broker(f).unwrap(), original);
 }
+
+#[test]
+fn requests_the_sidecar_sends_for_the_app_are_wrapped_too() {
+    use rocketmq_sidecar::protocol::namespace::wrap_request_header;
+    let ns = Namespace::parse("rocketmq-abc|ns").unwrap();
+    // UNREGISTER_CLIENT when a role leaves the cluster; a member list redirected there.
+    let mut unregister = request(
+        35,
+        1,
+        &[
+            ("clientID", "10.0.0.7@1"),
+            ("consumerGroup", "orders-consumer"),
+        ],
+    );
+    assert!(wrap_request_header(&ns, &mut unregister));
+    assert_eq!(
+        unregister.ext("consumerGroup"),
+        Some("rocketmq-abc|ns%orders-consumer")
+    );
+    assert_eq!(unregister.ext("clientID"), Some("10.0.0.7@1"));
+    let mut members = request(
+        38,
+        2,
+        &[("consumerGroup", "rocketmq-abc|ns%orders-consumer")],
+    );
+    assert!(
+        !wrap_request_header(&ns, &mut members),
+        "already namespaced"
+    );
+}

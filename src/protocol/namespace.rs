@@ -177,6 +177,22 @@ pub fn broker_request_name_fields(code: i32) -> &'static [&'static str] {
     }
 }
 
+/// Wraps, in `ns`, the header fields of a request that name a topic or a group (for the
+/// requests the sidecar sends on the app's behalf: unregistering, redirected member lists).
+/// Returns whether anything changed.
+pub fn wrap_request_header(ns: &Namespace, header: &mut super::Header) -> bool {
+    let mut changed = false;
+    for key in request_name_fields(header.code) {
+        let wrapped = match header.ext(key).map(|v| ns.wrap(v)) {
+            Some(Cow::Owned(w)) => w,
+            _ => continue,
+        };
+        header.set_ext(key, wrapped);
+        changed = true;
+    }
+    changed
+}
+
 /// JSON body keys that name a topic or a group: heartbeats (`groupName`, subscriptions'
 /// `topic`), lock and unlock bodies and answers (`consumerGroup`, queues' `topic`), message
 /// queues in assignments, offsets and running info.

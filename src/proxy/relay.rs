@@ -255,6 +255,9 @@ async fn relay_connected(
                 }
                 let mut unregisters = Vec::new();
                 for mut header in change.to_broker {
+                    if let Some(ns) = &ctx.cluster(cluster).namespace {
+                        crate::protocol::namespace::wrap_request_header(ns, &mut header);
+                    }
                     if let Some(signer) = &signer {
                         signer.sign(&mut header, &[]);
                     }
@@ -324,6 +327,9 @@ async fn redirect(ctx: &RelayContext, target: Target, frame: RawFrame) -> Bytes 
     };
     let cluster = ctx.cluster(target);
     let body = frame.body();
+    if let Some(ns) = &cluster.namespace {
+        crate::protocol::namespace::wrap_request_header(ns, &mut header);
+    }
     if cluster.signer.is_configured() {
         cluster.signer.sign(&mut header, &body);
     }

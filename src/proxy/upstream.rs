@@ -212,12 +212,7 @@ impl NameServerClient {
         header.opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed) & i32::MAX;
         // A namespaced cluster knows its topics by their wrapped names (signed as wrapped).
         if let Some(ns) = &self.namespace {
-            for key in crate::protocol::namespace::request_name_fields(header.code) {
-                let wrapped = header.ext(key).map(|v| ns.wrap(v).into_owned());
-                if let Some(w) = wrapped {
-                    header.set_ext(key, w);
-                }
-            }
+            crate::protocol::namespace::wrap_request_header(ns, &mut header);
         }
         // Name servers of a cluster with credentials get signed requests too (TDMQ's and
         // 5.x proxies check them; Apache name servers ignore them).
