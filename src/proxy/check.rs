@@ -70,9 +70,13 @@ async fn check(
     // topic's max offset also proves the account may use the topic (authorization).
     let mut probes = vec![("a signed heartbeat", heartbeat_probe())];
     if let Some(topic) = check_topic {
+        let topic = match &cluster.namespace {
+            Some(ns) => ns.wrap(topic).into_owned(),
+            None => topic.to_owned(),
+        };
         probes.push((
             "a signed GET_MAX_OFFSET on the check topic",
-            max_offset_probe(topic, &broker_name),
+            max_offset_probe(&topic, &broker_name),
         ));
     }
     let mut code = 0;
