@@ -58,6 +58,18 @@ def fixture(name: str) -> bytes:
     return (FIXTURES / name).read_bytes().strip()
 
 
+def stored_record(magic: int, topic: bytes, props: bytes, payload: bytes, sys_flag: int = 0) -> bytes:
+    """A stored message record as brokers send them in pull answers (protocol::messages)."""
+    v6b, v6s = sys_flag & 0x10, sys_flag & 0x20
+    host = lambda v6: (b"\xfd" * 16 if v6 else b"\x0a\x00\x00\x01") + b"\x00\x00\x30\x39"
+    r = struct.pack(">iIiiiqqiq", 0, magic, 0x12345678, 3, 0, 7, 4096, sys_flag, 1700000000000)
+    r += host(v6b) + struct.pack(">q", 1700000000001) + host(v6s) + struct.pack(">iq", 0, 0)
+    r += struct.pack(">i", len(payload)) + payload
+    r += (struct.pack(">H", len(topic)) if magic == 0xDAA320AB else bytes([len(topic)])) + topic
+    r += struct.pack(">H", len(props)) + props
+    return struct.pack(">i", len(r)) + r[4:]
+
+
 def main() -> None:
     route_fastjson = fixture("route_fastjson_master_slave.json")
     route_standard = route_fastjson.replace(b"{0:", b'{"0":').replace(b",1:", b',"1":')
@@ -139,6 +151,12 @@ def main() -> None:
             "odd-values": odd_names,
         },
         "signing": {},
+        "messages": {
+            "pull-two-records": stored_record(0xDAA320A7, b"fuzz|ns%T", b"KEYS\x01k\x02", b"one")
+            + stored_record(0xDAA320A7, b"%RETRY%fuzz|ns%G", b"RETRY_TOPIC\x01fuzz|ns%T\x02PGROUP\x01fuzz|ns%P\x02", b"two"),
+            "v2-ipv6-compressed": stored_record(0xDAA320AB, b"Plain", b"PGROUP\x01P\x02", b"\x78\x9c\x01", 0x31),
+            "system-topic": stored_record(0xDAA320A7, b"TBW102", b"", b""),
+        },
     }
 
     # Signing: [flags][header length u16][header][body]; headers from the ACL vectors.

@@ -190,6 +190,19 @@ pub fn encode_record(
     payload: &[u8],
     queue_offset: i64,
 ) -> Vec<u8> {
+    encode_record_with(0, magic, topic, properties, payload, queue_offset)
+}
+
+/// [`encode_record`] with `sys_flag` (IPv6 host bits give 16-byte addresses; the compressed
+/// bit only marks the payload).
+pub fn encode_record_with(
+    sys_flag: i32,
+    magic: i32,
+    topic: &str,
+    properties: &[u8],
+    payload: &[u8],
+    queue_offset: i64,
+) -> Vec<u8> {
     let mut r = Vec::new();
     r.extend_from_slice(&0i32.to_be_bytes()); // totalSize, set below
     r.extend_from_slice(&magic.to_be_bytes());
@@ -198,11 +211,17 @@ pub fn encode_record(
     r.extend_from_slice(&0i32.to_be_bytes()); // flag
     r.extend_from_slice(&queue_offset.to_be_bytes());
     r.extend_from_slice(&(4096 + queue_offset).to_be_bytes()); // physicalOffset
-    r.extend_from_slice(&0i32.to_be_bytes()); // sysFlag: IPv4 hosts
+    r.extend_from_slice(&sys_flag.to_be_bytes());
     r.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
-    r.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0x30, 0x39]);
+    let host = |v6: bool, last: u8| -> Vec<u8> {
+        let mut h = if v6 { vec![0xfd; 15] } else { vec![10, 0, 0] };
+        h.push(last);
+        h.extend_from_slice(&[0, 0, 0x30, 0x39]);
+        h
+    };
+    r.extend_from_slice(&host(sys_flag & BORNHOST_V6 != 0, 1));
     r.extend_from_slice(&1_700_000_000_001i64.to_be_bytes());
-    r.extend_from_slice(&[10, 0, 0, 2, 0, 0, 0x2a, 0x9f]);
+    r.extend_from_slice(&host(sys_flag & STOREHOST_V6 != 0, 2));
     r.extend_from_slice(&1i32.to_be_bytes()); // reconsumeTimes
     r.extend_from_slice(&0i64.to_be_bytes());
     r.extend_from_slice(&(payload.len() as i32).to_be_bytes());
@@ -255,6 +274,19 @@ mod tests {
         // Nothing to change: no copy.
         assert_eq!(map_messages(&c, &unwrap_ns).unwrap(), None);
         assert_eq!(map_messages(b"", &unwrap_ns).unwrap(), None);
+    }
+
+    #[test]
+    fn ipv6_hosts_and_compressed_bodies_are_stepped_over() {
+        // sysFlag: compressed body (bit 0), IPv6 born and store hosts (bits 4 and 5).
+        let flag = 1 | BORNHOST_V6 | STOREHOST_V6;
+        let zipped = [0x78, 0x9c, 0x01, 0x02, 0x03, 0xff];
+        let a = encode_record_with(flag, MAGIC_V2, "ns%T", b"PGROUP\x01ns%PG\x02", &zipped, 5);
+        let out = map_messages(&a, &unwrap_ns).unwrap().unwrap();
+        assert_eq!(
+            out,
+            encode_record_with(flag, MAGIC_V2, "T", b"PGROUP\x01PG\x02", &zipped, 5)
+        );
     }
 
     #[test]

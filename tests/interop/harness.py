@@ -494,8 +494,8 @@ _SIDECAR_SLOT = 0
 _SIDECAR_LOCK = threading.Lock()
 #: sidecar fallback port ranges: 200 ports each from here, all below the ephemeral range
 SIDECAR_FALLBACK_BASE = 21000
-SIDECAR_FALLBACK_WIDTH = 200
-SIDECAR_MAX_SLOTS = 40  # 21000 + 40*200 = 29000 < the cluster ports (29876+)
+SIDECAR_FALLBACK_WIDTH = 100  # a sidecar needs one per upstream broker port it cannot keep
+SIDECAR_MAX_SLOTS = 80  # 21000 + 80*100 = 29000 < the cluster ports (29876+)
 
 
 @dataclasses.dataclass(frozen=True)
