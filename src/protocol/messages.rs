@@ -104,9 +104,11 @@ pub fn map_messages(
         if props_at + props_len > end {
             return Err(bad);
         }
-        let topic = String::from_utf8_lossy(&body[topic_at..props_len_at]);
+        // A topic that is not UTF-8 is no name the mapping knows: left byte for byte.
+        let new_topic = std::str::from_utf8(&body[topic_at..props_len_at])
+            .ok()
+            .and_then(map);
         let props = &body[props_at..props_at + props_len];
-        let new_topic = map(&topic);
         let new_props = map_properties(props, map);
         if new_topic.is_some() || new_props.is_some() {
             let topic_bytes = new_topic
@@ -287,6 +289,17 @@ mod tests {
             out,
             encode_record_with(flag, MAGIC_V2, "T", b"PGROUP\x01PG\x02", &zipped, 5)
         );
+    }
+
+    /// Found by the `messages` fuzz target: a lossy UTF-8 conversion changed a topic that was
+    /// not UTF-8 when it was mapped.
+    #[test]
+    fn a_topic_that_is_not_utf8_is_left_byte_for_byte() {
+        let mut a = encode_record(MAGIC_V1, "ns%T", b"", b"one", 1);
+        let topic_at = a.len() - 2 - 4; // ..., topic (4 bytes), properties length (2)
+        a[topic_at + 3] = 0xff;
+        let wrap = |n: &str| Some(format!("x%{n}"));
+        assert_eq!(map_messages(&a, &wrap).unwrap(), None);
     }
 
     #[test]
