@@ -114,6 +114,10 @@ fn heartbeats_pulls_and_offsets_name_the_namespaced_resources() {
         body.contains(r#""groupName":"rocketmq-abc|ns%orders-producer""#),
         "{body}"
     );
+    assert!(
+        body.contains(r#""groupName":"CLIENT_INNER_PRODUCER""#),
+        "the client's inner producer group is never namespaced (the official client does not): {body}"
+    );
 
     let pull = request(
         11,

@@ -114,6 +114,22 @@ impl std::fmt::Display for Namespace {
     }
 }
 
+/// The producer group every Java client runs inside (`MixAll.CLIENT_INNER_PRODUCER_GROUP`,
+/// for sending messages back); the client never namespaces it, so neither does the sidecar.
+pub const CLIENT_INNER_PRODUCER: &str = "CLIENT_INNER_PRODUCER";
+
+/// `name` as a client with namespace `ns` puts it on the wire, when that differs from `name`:
+/// [`Namespace::wrap`], except for [`CLIENT_INNER_PRODUCER`].
+pub fn wrapped_by_client(ns: &Namespace, name: &str) -> Option<String> {
+    if name == CLIENT_INNER_PRODUCER {
+        return None;
+    }
+    match ns.wrap(name) {
+        Cow::Owned(w) => Some(w),
+        Cow::Borrowed(_) => None,
+    }
+}
+
 /// A system topic or group: never namespaced.
 pub fn is_system(name: &str) -> bool {
     SYSTEM_TOPICS.contains(&name)
@@ -183,9 +199,8 @@ pub fn broker_request_name_fields(code: i32) -> &'static [&'static str] {
 pub fn wrap_request_header(ns: &Namespace, header: &mut super::Header) -> bool {
     let mut changed = false;
     for key in request_name_fields(header.code) {
-        let wrapped = match header.ext(key).map(|v| ns.wrap(v)) {
-            Some(Cow::Owned(w)) => w,
-            _ => continue,
+        let Some(wrapped) = header.ext(key).and_then(|v| wrapped_by_client(ns, v)) else {
+            continue;
         };
         header.set_ext(key, wrapped);
         changed = true;

@@ -392,12 +392,9 @@ fn names_in_body(code: i32) -> bool {
     )
 }
 
-/// `name` wrapped in `ns`, when that changes it.
+/// `name` wrapped in `ns` as the official client would send it, when that changes it.
 fn wrapped(ns: &Namespace, name: &str) -> Option<String> {
-    match ns.wrap(name) {
-        std::borrow::Cow::Owned(w) => Some(w),
-        std::borrow::Cow::Borrowed(_) => None,
-    }
+    namespace::wrapped_by_client(ns, name)
 }
 
 /// `name` without `ns`, when that changes it.

@@ -13,9 +13,12 @@ names only.
 
 from __future__ import annotations
 
+import json
 import random
+import time
 
 import harness
+import wiretap
 
 NS = "MQ_INST_rmqtest|ns1"
 TIMERS = harness.FAST_TIMERS
@@ -93,3 +96,95 @@ def test_migration_to_a_namespaced_cluster(pair_distinct, test_dir, sidecar_bina
     assert report.error is None, report.error
     assert report.sent_new > 0, "nothing went to the new cluster"
     assert report.lost == [], f"lost {len(report.lost)}: {report.lost[:20]}"
+
+
+#: The request fields that name a topic or a group, per code, compared between the two paths.
+NAME_FIELDS = {310: ("a", "b", "c"), 11: ("consumerGroup", "topic"), 14: ("consumerGroup", "topic"),
+               15: ("consumerGroup", "topic"), 38: ("consumerGroup",), 35: ("producerGroup", "consumerGroup")}
+
+
+def _heartbeat_names(body: bytes) -> tuple:
+    hb = json.loads(body)
+    consumers = sorted((c["groupName"], tuple(sorted(s["topic"] for s in c.get("subscriptionDataSet", []))))
+                       for c in hb.get("consumerDataSet", []))
+    producers = sorted(p["groupName"] for p in hb.get("producerDataSet", []))
+    return tuple(consumers), tuple(producers)
+
+
+def test_the_sidecar_sends_what_the_official_client_sends_with_set_namespace(pair_distinct, test_dir,
+                                                                             sidecar_binary):
+    """The same app twice against the namespaced cluster: once without a namespace through the
+    sidecar, once with the official client's setNamespace directly. Each path's broker traffic
+    goes through its own recording tap (a name server in front of the real one points its
+    clients at the tap); the requests of every code both paths sent are compared field by
+    field: the same ext fields, the same namespaced names, the same heartbeat groups and
+    subscriptions."""
+    new = pair_distinct.new
+    tag = random.randrange(10**6)
+    topic, group, pgroup = f"NsTap{tag}", f"NsTapGroup{tag}", f"NsTapProducer{tag}"
+    new.update_topic(f"{NS}%{topic}", 4)
+    new.update_sub_group(f"{NS}%{group}")
+    taps = {side: wiretap.BrokerTap(new.broker_addr) for side in ("sidecar", "official")}
+    names = {side: wiretap.NamesrvRewriter(new.namesrv_addr, new.broker_addr, taps[side].addr) for side in taps}
+    sc = harness.Sidecar("ns-tap", old_namesrv=pair_distinct.old.namesrv_addr, new_namesrv=names["sidecar"].addr,
+                         workdir=test_dir, target="new", binary=sidecar_binary,
+                         cluster_toml={"new": {"namespace": NS}})
+    try:
+        sc.start()
+        # One path after the other, each alone in the group, so that each consumer is handed
+        # every queue (the topic's and the retry topic's) and sends every kind of request.
+        for side, namesrv, extra in (("sidecar", sc.namesrv_addr, []),
+                                     ("official", names["official"].addr, ["--namespace", NS])):
+            pods = []
+            try:
+                consumer = harness.Pod(f"tap-{side}-c-{tag}", "consumer", namesrv=namesrv, topic=topic,
+                                       group=group, workdir=test_dir, timers=TIMERS, extra_args=extra).start()
+                pods.append(consumer)
+                harness.wait_until(lambda: new.consumer_online(f"{NS}%{group}", consumer.name), 60,
+                                   f"the {side} consumer online", 1.0)
+                producer = harness.Pod(f"tap-{side}-p-{tag}", "producer", namesrv=namesrv, topic=topic,
+                                       group=pgroup, workdir=test_dir, timers=TIMERS, extra_args=extra,
+                                       rate=20, count=40).start()
+                pods.append(producer)
+                assert producer.wait_exit(90) == 0, producer.output()[-2000:]
+                sent = {r[0] for r in producer.records()}
+                harness.wait_until(lambda: sent <= {r[0] for r in consumer.records()}, 60,
+                                   f"the {side} consumer consumed every send", 1.0)
+                time.sleep(2 * TIMERS.persist_s + 1)  # offsets committed
+            finally:
+                for p in pods:
+                    p.stop()
+    finally:
+        sc.stop()
+        for t in list(taps.values()) + list(names.values()):
+            t.close()
+    by_code = {side: {} for side in taps}
+    for side, tap in taps.items():
+        for r in tap.requests:
+            by_code[side].setdefault(r.code, []).append(r)
+    common = sorted(set(by_code["sidecar"]) & set(by_code["official"]))
+    harness.log(f"namespace tap: request codes on both paths {common}; sidecar only "
+                f"{sorted(set(by_code['sidecar']) - set(common))}, official only "
+                f"{sorted(set(by_code['official']) - set(common))}")
+    for code in (310, 11, 14, 15, 34, 38):
+        assert code in common, f"request {code} not seen on both paths"
+    for code in common:
+        ours, theirs = by_code["sidecar"][code], by_code["official"][code]
+        keys_ours = set().union(*(r.ext for r in ours))
+        keys_theirs = set().union(*(r.ext for r in theirs))
+        assert keys_ours == keys_theirs, f"request {code}: fields {sorted(keys_ours)} != {sorted(keys_theirs)}"
+        fields = NAME_FIELDS.get(code, ())
+        if not fields:
+            continue
+        names_ours = {tuple(r.ext.get(k) for k in fields) for r in ours}
+        names_theirs = {tuple(r.ext.get(k) for k in fields) for r in theirs}
+        assert names_ours == names_theirs, f"request {code} {fields}: {sorted(names_ours)} != {sorted(names_theirs)}"
+        for values in names_ours:
+            for key, value in zip(fields, values):
+                if value is not None and key != "c" and value != "CLIENT_INNER_PRODUCER":
+                    assert NS + "%" in value, f"request {code} {key}: {value!r} is not namespaced"
+    # Heartbeats: the same namespaced groups and subscriptions (the clients' own inner
+    # producer group aside, which is a system group on both).
+    ours = {_heartbeat_names(r.body) for r in by_code["sidecar"][34] if r.body}
+    theirs = {_heartbeat_names(r.body) for r in by_code["official"][34] if r.body}
+    assert ours & theirs, f"no heartbeat in common: sidecar {sorted(ours)[:3]} official {sorted(theirs)[:3]}"
