@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::code::request;
+use super::names::string_end;
 use super::Header;
 
 /// Why an admin answer could not be read.
@@ -391,19 +392,6 @@ pub fn quote_object_keys(text: &str) -> String {
         i += 1;
     }
     out
-}
-
-/// Index just past the string literal starting at `start` (a `"`).
-fn string_end(bytes: &[u8], start: usize) -> usize {
-    let mut i = start + 1;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return i + 1,
-            _ => i += 1,
-        }
-    }
-    bytes.len()
 }
 
 /// Index just past the `{…}` starting at `start`, strings skipped.

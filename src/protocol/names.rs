@@ -69,8 +69,9 @@ pub fn map_string_values(
     Some(buf)
 }
 
-/// Index just past the string token starting at `start` (which holds `"`).
-fn string_end(body: &[u8], start: usize) -> usize {
+/// Index just past the string token starting at `start` (which holds `"`); the end of
+/// `body` when it is not closed.
+pub(crate) fn string_end(body: &[u8], start: usize) -> usize {
     let mut i = start + 1;
     while i < body.len() {
         match body[i] {
