@@ -10,9 +10,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::signing::may_be_refusal;
 use super::Signer;
 use crate::protocol::code::request;
 use crate::protocol::header::json_ext_starts_with;
@@ -23,6 +25,15 @@ use crate::protocol::{Header, HeaderError, RawFrame, SerializeType};
 
 /// Upper bound on remembered in-flight requests per connection.
 const MAX_TRACKED: usize = 4096;
+/// How long an in-flight request is remembered at least (a broker holds a long-poll up to
+/// 30 s; nothing else waits as long).
+const TRACKED_FOR: Duration = Duration::from_secs(120);
+
+/// Request opaque -> (code, when it was sent, order of tracking).
+type Tracked = HashMap<i32, (i32, Instant, u64)>;
+
+/// Orders tracked requests (instants can be equal on a coarse clock).
+static TRACK_ORDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One cluster's broker-name mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,9 +49,9 @@ pub struct FrameRewriter {
     signer: Option<Arc<Signer>>,
     namespace: Option<Namespace>,
     /// Client request opaque -> code, for responses whose body names brokers.
-    client_requests: Mutex<HashMap<i32, i32>>,
+    client_requests: Mutex<Tracked>,
     /// Broker request opaque -> code, for client replies whose body names brokers.
-    broker_requests: Mutex<HashMap<i32, i32>>,
+    broker_requests: Mutex<Tracked>,
 }
 
 // === impl Renamer ===
@@ -100,7 +111,7 @@ impl FrameRewriter {
     /// A frame going from the app to the broker.
     pub fn client_to_broker(&self, frame: RawFrame) -> Result<Bytes, HeaderError> {
         if frame.is_response() {
-            let code = lock(&self.broker_requests).remove(&frame.opaque());
+            let code = take(&self.broker_requests, frame.opaque());
             if code.is_some() {
                 let mut body = frame.body();
                 let mut changed = false;
@@ -234,7 +245,7 @@ impl FrameRewriter {
 
     /// A frame going from the broker to the app.
     pub fn broker_to_client(&self, frame: RawFrame) -> Result<Bytes, HeaderError> {
-        if frame.is_response() && frame.code() != 0 {
+        if frame.is_response() && may_be_refusal(frame.code()) {
             if let Some(signer) = &self.signer {
                 if let Ok(h) = Header::decode(frame.serialize_type(), frame.header_bytes()) {
                     signer.note_answer(h.code, h.remark.as_deref());
@@ -242,7 +253,7 @@ impl FrameRewriter {
             }
         }
         if frame.is_response() {
-            let Some(code) = lock(&self.client_requests).remove(&frame.opaque()) else {
+            let Some(code) = take(&self.client_requests, frame.opaque()) else {
                 return Ok(frame.into_bytes());
             };
             let mut body = frame.body();
@@ -405,16 +416,56 @@ fn unwrapped(ns: &Namespace, name: &str) -> Option<String> {
     }
 }
 
-fn track(map: &Mutex<HashMap<i32, i32>>, opaque: i32, code: i32) {
+/// Remembers that the answer to `opaque` (a request with `code`) must be rewritten. The map
+/// is bounded: past [`MAX_TRACKED`] entries, those older than [`TRACKED_FOR`] (requests whose
+/// answers never came: a broker that dropped them) are swept; if that frees nothing, the
+/// oldest half goes. A forgotten entry costs one answer left as it came, never a wrong one.
+fn track(map: &Mutex<Tracked>, opaque: i32, code: i32) {
     let mut m = lock(map);
+    let now = Instant::now();
     if m.len() >= MAX_TRACKED {
-        // Requests whose answers never came (a broker that dropped them); forget them
-        // rather than grow without bound. Worst case one answer keeps prefixed names.
-        m.clear();
+        m.retain(|_, (_, at, _)| now.duration_since(*at) < TRACKED_FOR);
+        if m.len() >= MAX_TRACKED {
+            let mut order: Vec<u64> = m.values().map(|(_, _, n)| *n).collect();
+            order.sort_unstable();
+            let cut = order[order.len() / 2];
+            m.retain(|_, (_, _, n)| *n >= cut);
+        }
     }
-    m.insert(opaque, code);
+    let n = TRACK_ORDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    m.insert(opaque, (code, now, n));
+}
+
+/// Taken out of the map: the code of the request `opaque` answers, if it was tracked.
+fn take(map: &Mutex<Tracked>, opaque: i32) -> Option<i32> {
+    lock(map).remove(&opaque).map(|(code, _, _)| code)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracked_requests_stay_bounded_and_the_newest_are_kept() {
+        let map: Mutex<Tracked> = Mutex::new(HashMap::new());
+        for opaque in 0..(3 * MAX_TRACKED as i32) {
+            track(&map, opaque, 41);
+            assert!(lock(&map).len() <= MAX_TRACKED);
+        }
+        let last = 3 * MAX_TRACKED as i32 - 1;
+        assert_eq!(
+            take(&map, last),
+            Some(41),
+            "the newest request is remembered"
+        );
+        assert_eq!(take(&map, 0), None, "the oldest went first");
+        assert!(
+            lock(&map).len() >= MAX_TRACKED / 2 - 1,
+            "only half goes at a time"
+        );
+    }
 }

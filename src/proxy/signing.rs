@@ -274,6 +274,13 @@ impl Signer {
     }
 }
 
+/// Whether an answer with `code` can be an ACL refusal (SYSTEM_ERROR from 4.x ACL,
+/// NO_PERMISSION): only those are decoded to read their remark. Every other answer
+/// (an empty long-poll's PULL_NOT_FOUND, say) is relayed without a look.
+pub fn may_be_refusal(code: i32) -> bool {
+    code == 1 || code == 16
+}
+
 /// What an answer says about our credentials, if it is an ACL refusal. Shapes measured on
 /// Apache RocketMQ (the remark decides; the code differs by server):
 /// - 5.3.3 broker, ACL 2.0: code 16, "User:<ak> is not found.", "check signature failed.",
@@ -283,7 +290,7 @@ impl Signer {
 ///   "...Check signature failed for accessKey=<ak>", "No accessKey is configured",
 ///   "No default permission for ...", "Need admin permission for request code=...".
 pub fn classify_refusal(code: i32, remark: &str) -> Option<CheckOutcome> {
-    if code != 1 && code != 16 {
+    if !may_be_refusal(code) {
         return None;
     }
     let r = remark.to_ascii_lowercase();
