@@ -41,7 +41,7 @@ use crate::proxy::check;
 use crate::proxy::listeners::ListenerRegistry;
 use crate::proxy::RelayContext;
 use crate::routing::{RouteRequest, RouteSwitch, SwitchError};
-use rmq_common::{Role, Target};
+use rmq_common::{Role, RoleTargets, Target};
 
 /// Largest accepted request body (a larger one is answered 413).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -370,14 +370,8 @@ async fn put_route(
                 .await;
             let gates_json = serde_json::to_value(&evaluation).unwrap_or_default();
             if options.dry_run {
-                let body = json!({
-                    "dry_run": true,
-                    "would_switch": evaluation.allowed,
-                    "route": current.to_string(),
-                    "requested": wanted.to_string(),
-                    "gates": gates_json,
-                });
-                return (json_response(StatusCode::OK, body), "unchanged");
+                let extra = ("gates", gates_json);
+                return dry_run_answer(current, wanted, evaluation.allowed, extra);
             }
             if !evaluation.allowed {
                 let body = json!({
@@ -389,24 +383,11 @@ async fn put_route(
                 return (json_response(StatusCode::CONFLICT, body), "refused");
             }
         } else if options.dry_run {
-            let body = json!({
-                "dry_run": true,
-                "would_switch": true,
-                "route": current.to_string(),
-                "requested": wanted.to_string(),
-                "gates": "disabled",
-            });
-            return (json_response(StatusCode::OK, body), "unchanged");
+            return dry_run_answer(current, wanted, true, ("gates", json!("disabled")));
         }
     } else if options.dry_run {
-        let body = json!({
-            "dry_run": true,
-            "would_switch": false,
-            "route": current.to_string(),
-            "requested": wanted.to_string(),
-            "detail": "already there: nothing to switch",
-        });
-        return (json_response(StatusCode::OK, body), "unchanged");
+        let extra = ("detail", json!("already there: nothing to switch"));
+        return dry_run_answer(current, wanted, false, extra);
     }
     match state.route.switch(request) {
         Ok((now, moved)) => {
@@ -440,6 +421,23 @@ async fn put_route(
             )
         }
     }
+}
+
+/// The answer to a `PUT /route` dry run: what would happen; nothing changed.
+fn dry_run_answer(
+    current: RoleTargets,
+    wanted: RoleTargets,
+    would_switch: bool,
+    (key, value): (&str, serde_json::Value),
+) -> (Response<Body>, &'static str) {
+    let mut body = json!({
+        "dry_run": true,
+        "would_switch": would_switch,
+        "route": current.to_string(),
+        "requested": wanted.to_string(),
+    });
+    body[key] = value;
+    (json_response(StatusCode::OK, body), "unchanged")
 }
 
 /// The roles a `PUT /route` body moves; the error says what to send instead.

@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rmq_common::Target;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::codec::Decoder;
 
 use crate::acl::sign_request;
 use crate::protocol::admin::{
@@ -24,6 +23,7 @@ use crate::protocol::admin::{
 use crate::protocol::code::{request, response};
 use crate::protocol::route;
 use crate::protocol::{FrameDecoder, Header};
+use crate::proxy::upstream::read_answer;
 use crate::proxy::RelayContext;
 
 /// Version ordinal the sidecar's own requests carry (V4_9_8, as the credential check).
@@ -195,6 +195,8 @@ impl BrokerReads {
             sign_request(&mut header, &[], &creds, signer.rule());
         }
         let frame = header.encode_frame(&[]);
+        // Held across the exchange on purpose: one evaluation reads one request at a time
+        // (a gate's reads depend on each other), and the reader is that evaluation's own.
         let mut conns = self.conns.lock().await;
         let exchange = async {
             if !conns.contains_key(addr) {
@@ -218,29 +220,16 @@ impl BrokerReads {
                 .write_all(&frame)
                 .await
                 .map_err(|e| format!("write failed: {e}"))?;
-            loop {
-                if let Some(f) = conn
-                    .decoder
-                    .decode(&mut conn.buf)
-                    .map_err(|e| e.to_string())?
-                {
-                    if f.is_response() && f.opaque() == header.opaque {
-                        let h = Header::decode(f.serialize_type(), f.header_bytes())
-                            .map_err(|e| e.to_string())?;
-                        return Ok((h, f.body()));
-                    }
-                    continue;
-                }
-                if conn
-                    .stream
-                    .read_buf(&mut conn.buf)
-                    .await
-                    .map_err(|e| format!("read failed: {e}"))?
-                    == 0
-                {
-                    return Err("the broker closed the connection".to_owned());
-                }
-            }
+            let f = read_answer(
+                &mut conn.stream,
+                &mut conn.buf,
+                &mut conn.decoder,
+                header.opaque,
+            )
+            .await?;
+            let h =
+                Header::decode(f.serialize_type(), f.header_bytes()).map_err(|e| e.to_string())?;
+            Ok((h, f.body()))
         };
         let answer = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(answer)) => answer,

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::codec::Decoder;
 
 use super::signing::{classify_refusal, CheckOutcome, CheckReport};
+use super::upstream::read_answer;
 use super::Cluster;
 use crate::acl::{sign_request, Credentials};
 use crate::protocol::code::request;
@@ -267,24 +267,10 @@ async fn exchange(
             .map_err(|e| format!("write failed: {e}"))?;
         let mut buf = BytesMut::with_capacity(1024);
         let mut decoder = FrameDecoder::new(max_frame);
-        loop {
-            if let Some(frame) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
-                if frame.is_response() && frame.opaque() == 1 {
-                    let h = Header::decode(frame.serialize_type(), frame.header_bytes())
-                        .map_err(|e| e.to_string())?;
-                    return Ok((h.code, h.remark.unwrap_or_default()));
-                }
-                continue;
-            }
-            if stream
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| format!("read failed: {e}"))?
-                == 0
-            {
-                return Err("the broker closed the connection".to_owned());
-            }
-        }
+        let frame = read_answer(&mut stream, &mut buf, &mut decoder, header.opaque).await?;
+        let h = Header::decode(frame.serialize_type(), frame.header_bytes())
+            .map_err(|e| e.to_string())?;
+        Ok((h.code, h.remark.unwrap_or_default()))
     };
     tokio::time::timeout(timeout, exchange)
         .await

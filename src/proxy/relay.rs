@@ -335,27 +335,16 @@ async fn redirect(ctx: &RelayContext, target: Target, frame: RawFrame) -> Bytes 
     }
     let timeout = ctx.connect_timeout.max(Duration::from_secs(3));
     let exchange = async {
-        let mut stream = TcpStream::connect(&addr).await?;
-        stream.write_all(&header.encode_frame(&body)).await?;
+        let mut stream = TcpStream::connect(&addr)
+            .await
+            .map_err(|e| format!("connect failed: {e}"))?;
+        stream
+            .write_all(&header.encode_frame(&body))
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
         let mut buf = BytesMut::with_capacity(4096);
         let mut decoder = FrameDecoder::new(ctx.frame_max_bytes);
-        loop {
-            if let Some(f) = decoder
-                .decode(&mut buf)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
-            {
-                if f.is_response() && f.opaque() == opaque {
-                    return Ok::<RawFrame, std::io::Error>(f);
-                }
-                continue;
-            }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed before answering",
-                ));
-            }
-        }
+        super::upstream::read_answer(&mut stream, &mut buf, &mut decoder, opaque).await
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(answer)) => {

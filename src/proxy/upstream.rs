@@ -385,3 +385,27 @@ impl NsConn {
         Self { tx, pending, alive }
     }
 }
+
+/// Reads frames from `stream` into `buf` until the response to `opaque` (the sidecar's own
+/// requests to a broker: the credential check, redirected member lists, the gates' reads);
+/// other frames are skipped. The error says why none came.
+pub async fn read_answer(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    decoder: &mut FrameDecoder,
+    opaque: i32,
+) -> Result<RawFrame, String> {
+    loop {
+        if let Some(frame) = decoder.decode(buf).map_err(|e| e.to_string())? {
+            if frame.is_response() && frame.opaque() == opaque {
+                return Ok(frame);
+            }
+            continue;
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err("the broker closed the connection".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+}
