@@ -280,3 +280,54 @@ fn requests_the_sidecar_sends_for_the_app_are_wrapped_too() {
         "already namespaced"
     );
 }
+
+#[test]
+fn a_signed_connection_signs_the_namespaced_request() {
+    use rocketmq_sidecar::acl::credentials::{CredentialSources, CredentialStore, Source};
+    use rocketmq_sidecar::acl::{signature, SecretKey, UniqueKeyRule};
+    use rocketmq_sidecar::config::UniqueKeyRuleSetting;
+    use rocketmq_sidecar::metrics::Metrics;
+    use rocketmq_sidecar::proxy::signing::Signer;
+    use rocketmq_sidecar::Target;
+    use std::sync::Arc;
+
+    let store = CredentialStore::new(CredentialSources {
+        access_key: Some(Source::Value("ak-ns".into())),
+        secret_key: Some(Source::Value("sk-ns-secret".into())),
+        security_token: None,
+    })
+    .unwrap();
+    let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+    let signer = Arc::new(Signer::new(
+        Target::New,
+        store,
+        UniqueKeyRuleSetting::V4,
+        metrics,
+    ));
+    let rw = FrameRewriter::new(
+        Renamer::new("new~"),
+        Some(signer),
+        Some(Namespace::parse("rocketmq-abc|ns").unwrap()),
+    );
+    let pull = request(
+        11,
+        1,
+        &[("consumerGroup", "orders-consumer"), ("topic", "Orders")],
+    );
+    let (h, body) = decode(rw.client_to_broker(frame(&pull, b"")).unwrap());
+    assert_eq!(h.ext("topic"), Some("rocketmq-abc|ns%Orders"));
+    let ext = h.ext_fields.clone().unwrap();
+    let expected = signature(
+        &ext,
+        &body,
+        &SecretKey::new("sk-ns-secret".to_owned()),
+        UniqueKeyRule::Excluded,
+        h.version,
+    );
+    assert_eq!(h.ext("AccessKey"), Some("ak-ns"));
+    assert_eq!(
+        h.ext("Signature"),
+        Some(expected.as_str()),
+        "the signature covers the namespaced names"
+    );
+}
