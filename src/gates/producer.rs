@@ -245,7 +245,8 @@ async fn check_topic<R: ClusterReads>(
 /// The consumer groups of a QUERY_TOPIC_CONSUME_BY_WHO answer: system groups dropped, and
 /// the topic's own name, which 5.3.x brokers list in place of the names of the groups
 /// online (`ConsumerManager` adds the subscription's topic to its topic -> groups table);
-/// groups with committed offsets are listed by name on every version.
+/// groups with committed offsets are listed by name on every version. (A group named exactly
+/// like its topic is dropped with that entry: the one answer cannot tell the two apart.)
 fn consumer_groups(answer: BTreeSet<String>, topic: &str) -> impl Iterator<Item = String> + '_ {
     answer
         .into_iter()
