@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit/protocol/in-process tests, then the interop
 # suite against real Apache RocketMQ 4.9.x and 5.3.3 with the official Java client.
+# The interop suite includes a real one-node Kubernetes (tests/interop/test_node.py: containerd,
+# a kubelet, the shipped manifests and images built here); it needs root.
 # Installs what it needs (Rust components; Debian packages from tests/apt-packages.txt,
 # Python packages from tests/requirements.txt, kustomize and a Kubernetes API server from
 # the Go module proxy; Maven
@@ -41,8 +43,11 @@ python3 -m pip install -q -r tests/requirements.txt
 echo "== kustomize from the Go module proxy (tests/deploy/test_manifests.py)"
 need go
 scripts/install-kustomize.sh
-echo "== kube-apiserver, kubectl, etcd from the Go module proxy (tests/deploy/test_apiserver.py)"
+echo "== kube-apiserver, kubectl, etcd, kubelet + controller manager + scheduler (k8s-node) from the Go"
+echo "   module proxy (tests/deploy/test_apiserver.py, tests/interop/test_node.py)"
+k8s_started=$(date +%s)
 scripts/install-k8s-test-bins.sh
+echo "   (Kubernetes binaries ready in $(( $(date +%s) - k8s_started )) s)"
 echo "== deploy: dashboard + alert rules vs list-metrics, promtool, admin API contract, /metrics,"
 echo "   Kubernetes manifests, the injector (webhook over HTTPS, offline inject), the batch mover"
 python3 -m pytest tests/deploy -v -rA
