@@ -64,6 +64,14 @@ PAIR_LAYOUT = {
         "new": dict(namesrv=39906, broker=40941, broker_name="gates-new-a", cluster_name="GatesNew",
                     version=harness.OLD_SERVER_VERSION, extra_broker_conf={"accessMessageInMemoryMaxRatio": 0}),
     },
+    # The real node's pair (tests/interop/test_node.py): the brokers advertise the node bridge's
+    # address (tests/node/node.py GATEWAY), the one address of this machine a pod can reach.
+    "node": {
+        "old": dict(namesrv=29926, broker=30961, broker_name="node-old-a", cluster_name="NodeOld",
+                    extra_broker_conf={"brokerIP1": "10.244.77.1"}),
+        "new": dict(namesrv=39926, broker=40971, broker_name="node-new-a", cluster_name="NodeNew",
+                    extra_broker_conf={"brokerIP1": "10.244.77.1"}),
+    },
     "acl": {
         "old": dict(namesrv=29896, broker=30931, broker_name="old-acl-broker", cluster_name="OldAclCluster",
                     auth=OLD_ACL),

@@ -685,7 +685,8 @@ class Cluster:
 
     @property
     def broker_addr(self) -> str:
-        return f"127.0.0.1:{self.broker_port}"
+        """The address the broker advertises (``brokerIP1``: loopback unless configured)."""
+        return f"{self.extra_broker_conf.get('brokerIP1', '127.0.0.1')}:{self.broker_port}"
 
     @property
     def ports(self) -> list[int]:
