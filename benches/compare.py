@@ -255,6 +255,7 @@ def main() -> int:
     ap.add_argument("--real", action="store_true", help="also against a real RocketMQ 5.3.3 broker")
     ap.add_argument("--idle", type=int, default=0, metavar="N",
                     help="also hold N idle connection pairs through haproxy and the plain sidecar: RSS")
+    ap.add_argument("--idle-only", action="store_true", help="only the idle pairs (with --idle)")
     ap.add_argument("--json", type=Path, help="write every row here")
     args = ap.parse_args()
     ensure_haproxy()
@@ -277,8 +278,9 @@ def main() -> int:
                     rows.append(r)
                     print(f"| {mode} | {r['rss_before_mib']:.1f} | {r['rss_held_mib']:.1f} | {r['kib_per_pair']:.1f} "
                           f"| {r['rss_5s_after_mib']:.1f} | {r['rss_30s_after_mib']:.1f} |", flush=True)
-            rows += report("Minimal broker (answers every send at once)", paths, SHAPES_MINIMAL, args.seconds,
-                           args.rounds, "BenchTopic")
+            if not args.idle_only:
+                rows += report("Minimal broker (answers every send at once)", paths, SHAPES_MINIMAL,
+                               args.seconds, args.rounds, "BenchTopic")
         finally:
             paths.stop()
             server.terminate()

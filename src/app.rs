@@ -257,6 +257,13 @@ impl App {
                 health.clone(),
             )),
             tokio::spawn(watch_credentials(ctx.clone(), config.namesrv_timeout)),
+            tokio::spawn(crate::heap::trim_after_bursts(
+                {
+                    let conns = ctx.conns.clone();
+                    move || conns.closed_total()
+                },
+                ctx.metrics.clone(),
+            )),
         ]);
         tracing::info!(
             namesrv = %namesrv_addr,

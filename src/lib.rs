@@ -18,6 +18,7 @@
 //! - [`config`]: `config.toml` + environment, validated into [`Config`].
 //! - [`acl`]: RocketMQ ACL signing (pure) and credential loading.
 //! - [`metrics`]: every Prometheus family of the sidecar, declared once.
+//! - [`heap`]: hands freed heap memory back to the system after a burst of connections.
 //! - [`state`]: atomic writes of the state files.
 //! - [`protocol`]: the remoting protocol, pure (frames, headers, route bodies, codes); knows no sockets.
 //! - [`wait_ready`]: `rmq-sidecar wait-ready`, the postStart hook of post-start mode.
@@ -29,6 +30,7 @@ pub mod app;
 pub mod config;
 pub mod gates;
 pub mod health;
+pub mod heap;
 pub mod lifecycle;
 pub mod metrics;
 pub mod preflight;

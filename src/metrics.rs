@@ -101,6 +101,9 @@ pub struct Metrics {
     /// Messages not yet consumed by one of the pod's consumer groups, by `cluster` and
     /// `group` (the pod's own groups only, at most 16: the one family with a group label).
     pub consumer_backlog: IntGaugeVec,
+    /// Times freed heap memory was handed back to the system after connections closed,
+    /// by `outcome` (released|nothing).
+    pub heap_trims: IntCounterVec,
 }
 
 /// Every `action` of `role_filter_total`.
@@ -328,6 +331,11 @@ impl Metrics {
                 "Messages not yet consumed by one of the pod's consumer groups on a cluster (sampled; the pod's groups only, at most 16)",
                 &["cluster", "group"],
             )?,
+            heap_trims: counter(
+                "heap_trims_total",
+                "Times freed heap memory was handed back to the system after many connections closed",
+                &["outcome"],
+            )?,
             registry,
         };
         for outcome in ["passed", "refused", "forced", "dry_run"] {
@@ -356,6 +364,9 @@ impl Metrics {
             m.accept_failures.with_label_values(&[l]);
         }
         m.namesrv_requests_refused.with_label_values(&["namesrv"]);
+        for outcome in ["released", "nothing"] {
+            m.heap_trims.with_label_values(&[outcome]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -395,6 +406,7 @@ impl Metrics {
             &self.gate_refusals,
             &self.gate_forced,
             &self.gate_read_failures,
+            &self.heap_trims,
         ];
         let gauges = [
             &self.client_connections_active,

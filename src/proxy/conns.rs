@@ -1,6 +1,7 @@
-//! Counting open client connections, so a draining sidecar knows when the app is gone.
+//! Counting open client connections, so a draining sidecar knows when the app is gone (and
+//! closed ones, so the heap is trimmed after a burst: [`crate::heap`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -14,6 +15,7 @@ pub struct ConnTracker {
 #[derive(Debug)]
 struct Inner {
     open: AtomicUsize,
+    closed: AtomicU64,
     changed: watch::Sender<usize>,
 }
 
@@ -30,6 +32,7 @@ impl Default for ConnTracker {
         Self {
             inner: Arc::new(Inner {
                 open: AtomicUsize::new(0),
+                closed: AtomicU64::new(0),
                 changed: watch::channel(0).0,
             }),
         }
@@ -51,6 +54,11 @@ impl ConnTracker {
         self.inner.open.load(Ordering::SeqCst)
     }
 
+    /// Connections closed since the start.
+    pub fn closed_total(&self) -> u64 {
+        self.inner.closed.load(Ordering::Relaxed)
+    }
+
     /// Resolves once no connection is open.
     pub async fn wait_idle(&self) {
         let mut rx = self.inner.changed.subscribe();
@@ -63,6 +71,7 @@ impl ConnTracker {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.inner.closed.fetch_add(1, Ordering::Relaxed);
         let n = self.inner.open.fetch_sub(1, Ordering::SeqCst) - 1;
         self.inner.changed.send_replace(n);
     }
