@@ -43,6 +43,8 @@ MODES = ["direct", "haproxy", "plain", "rename", "sign"]
 #: (label, connections, in flight per connection, body bytes)
 SHAPES_MINIMAL = [("sync 100 B", 1, 1, 100), ("sync 1 KiB", 1, 1, 1024), ("8x16 1 KiB", 8, 16, 1024),
                   ("64x4 1 KiB", 64, 4, 1024), ("4x4 64 KiB", 4, 4, 65536), ("1x2 4 MiB", 1, 2, 4 << 20)]
+#: What the flood of --scrape-storm asks for (RMQ_STORM_PATH=/live compares a cheap answer).
+STORM_PATH = os.environ.get("RMQ_STORM_PATH", "/metrics")
 SHAPES_REAL = [("sync 1 KiB", 1, 1, 1024), ("8x16 1 KiB", 8, 16, 1024), ("4x4 64 KiB", 4, 4, 65536)]
 
 
@@ -147,6 +149,8 @@ namesrv = "{namesrv}"
             if route.returncode != 0:
                 raise SystemExit(f"compare.py: {mode}: no route through the sidecar:\n{route.stderr}")
             self.addr[mode], self.pid[mode] = route.stdout.strip(), p.pid
+            self.health = getattr(self, "health", {})
+            self.health[mode] = f"127.0.0.1:{health}"
         time.sleep(1)
         self.idle_rss = {mode: rss_mib(pid) for mode, pid in self.pid.items()}
 
@@ -194,6 +198,30 @@ namesrv = "{namesrv}"
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def scrape_storm(paths: Paths, seconds: float, rounds: int, rate: int) -> None:
+    """Sync 1 KiB sends through the plain sidecar, alone and while `load scrape` asks its
+    health port for /metrics `rate` times a second (4 keep-alive connections)."""
+    print(f"\n## Relay latency during a scrape storm ({rate} GET {STORM_PATH} per second; "
+          "plain sidecar, sync 1 KiB)\n")
+    print("| | msgs/s | p50 µs | p99 µs | p99.9 µs | /metrics answered per s | sidecar CPU µs/msg |")
+    print("|---|---|---|---|---|---|---|")
+    quiet, storm, scrapes = [], [], []
+    for _ in range(rounds):
+        quiet.append(paths.run("plain", 1, 1, 1024, seconds, "BenchTopic"))
+        floods = [subprocess.Popen([str(paths.load), "scrape", f"addr={paths.health['plain']}",
+                                    f"path={STORM_PATH}", f"rate={rate / 4}", f"seconds={seconds + 2}"],
+                                   stdout=subprocess.PIPE, text=True) for _ in range(4)]
+        time.sleep(1)
+        storm.append(paths.run("plain", 1, 1, 1024, seconds, "BenchTopic"))
+        answered = sum(int(p.communicate(timeout=seconds + 30)[0].split()[-1]) for p in floods)
+        scrapes.append(answered / (seconds + 2))
+    for label, results, rate in (("alone", quiet, ""), ("during the flood", storm,
+                                                         f"{statistics.median(scrapes):,.0f}")):
+        r = median_result(results)
+        print(f"| {label} | {r['msgs_per_s']:,.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['p999_us']:.0f} "
+              f"| {rate} | {r['cpu_us_per_msg']:.1f} |", flush=True)
 
 
 def median_result(results: list[dict]) -> dict:
@@ -256,6 +284,8 @@ def main() -> int:
     ap.add_argument("--idle", type=int, default=0, metavar="N",
                     help="also hold N idle connection pairs through haproxy and the plain sidecar: RSS")
     ap.add_argument("--idle-only", action="store_true", help="only the idle pairs (with --idle)")
+    ap.add_argument("--scrape-storm", type=int, default=0, metavar="RATE",
+                    help="also the relay's latency while /metrics is asked RATE times a second")
     ap.add_argument("--json", type=Path, help="write every row here")
     args = ap.parse_args()
     ensure_haproxy()
@@ -278,6 +308,8 @@ def main() -> int:
                     rows.append(r)
                     print(f"| {mode} | {r['rss_before_mib']:.1f} | {r['rss_held_mib']:.1f} | {r['kib_per_pair']:.1f} "
                           f"| {r['rss_5s_after_mib']:.1f} | {r['rss_30s_after_mib']:.1f} |", flush=True)
+            if args.scrape_storm:
+                scrape_storm(paths, args.seconds, args.rounds, args.scrape_storm)
             if not args.idle_only:
                 rows += report("Minimal broker (answers every send at once)", paths, SHAPES_MINIMAL,
                                args.seconds, args.rounds, "BenchTopic")

@@ -16,6 +16,9 @@
 //! load hold addr=ADDR conns=N    opens N connections, sends one request on each and reads its
 //!                                answer (so a proxy has opened its upstream side too), prints
 //!                                "held N", keeps them open until stdin closes, then closes them
+//! load scrape addr=ADDR [path=/metrics] [rate=1000] [seconds=5]
+//!                                HTTP/1.1 GETs on one keep-alive connection at `rate` per
+//!                                second (a scrape storm); prints "answered N"
 //! ```
 //!
 //! Frames are encoded once per in-flight slot and reused (a slot's opaque is free again once
@@ -283,6 +286,48 @@ async fn hold(kv: HashMap<String, String>) {
     drop(held);
 }
 
+async fn scrape(kv: HashMap<String, String>) {
+    let addr: SocketAddr = get(&kv, "addr", "127.0.0.1:9879".parse().unwrap());
+    let path: String = get(&kv, "path", "/metrics".to_owned());
+    let rate: f64 = get(&kv, "rate", 1000.0);
+    let seconds: f64 = get(&kv, "seconds", 5.0);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: sidecar\r\n\r\n");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let (mut answered, mut buf) = (0u64, Vec::new());
+    while Instant::now() < until {
+        tick.tick().await;
+        s.write_all(request.as_bytes()).await.unwrap();
+        // Read one whole answer: headers, then Content-Length bytes of body.
+        let body_len = loop {
+            let mut chunk = [0u8; 16384];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the server closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                break end + 4 + len;
+            }
+        };
+        while buf.len() < body_len {
+            let mut chunk = [0u8; 65536];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the server closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.drain(..body_len);
+        answered += 1;
+    }
+    println!("answered {answered}");
+}
+
 fn main() {
     let (command, kv) = args();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -307,6 +352,7 @@ fn main() {
         }),
         "run" => rt.block_on(run(kv)),
         "hold" => rt.block_on(hold(kv)),
+        "scrape" => rt.block_on(scrape(kv)),
         // `cargo bench` runs every bench target with no arguments: nothing to do alone.
         _ => eprintln!(
             "load: run by benches/compare.py (see its docstring); usage in benches/load.rs"

@@ -23,6 +23,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// The last `/metrics` answer, reused for [`SCRAPE_REUSE`] (a scrape storm encodes
+    /// once per interval, not once per request).
+    rendered: std::sync::Arc<std::sync::Mutex<Option<Rendered>>>,
     /// Requests from the app, by `target`, `peer` (namesrv|broker) and request `code` name.
     pub requests: IntCounterVec,
     /// Responses to the app's requests, by `target`, `peer`, request `code` and `response_code`.
@@ -121,6 +124,19 @@ pub const ROLE_FILTER_ACTIONS: &[&str] = &[
     "own_request_ok",
     "own_request_refused",
 ];
+
+/// How long a `/metrics` answer is given again instead of encoding a new one: short enough
+/// that no scraper sees a difference, long enough that a storm of scrapes encodes 10 times a
+/// second at most.
+pub const SCRAPE_REUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// One encoded `/metrics` answer.
+#[derive(Debug)]
+struct Rendered {
+    at: std::time::Instant,
+    body: bytes::Bytes,
+    content_type: String,
+}
 
 /// Every listener name (`listener` label of the accept metrics).
 pub const LISTENERS: &[&str] = &["namesrv", "broker", "admin", "health"];
@@ -337,6 +353,7 @@ impl Metrics {
                 &["outcome"],
             )?,
             registry,
+            rendered: std::sync::Arc::default(),
         };
         for outcome in ["passed", "refused", "forced", "dry_run"] {
             m.gate_evaluations.with_label_values(&[outcome]);
@@ -443,6 +460,29 @@ impl Metrics {
     /// The text exposition format (version 0.0.4) and its content type.
     pub fn encode(&self) -> (Vec<u8>, String) {
         encode_text(&self.registry)
+    }
+
+    /// [`Metrics::encode`] for `GET /metrics`: an answer encoded less than
+    /// [`SCRAPE_REUSE`] ago is given again. Encoding every family costs far more than
+    /// answering HTTP, so a flood of scrapes would otherwise take CPU from the relay.
+    pub fn encode_for_scrape(&self) -> (bytes::Bytes, String) {
+        let mut cached = self
+            .rendered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(r) = cached.as_ref() {
+            if r.at.elapsed() < SCRAPE_REUSE {
+                return (r.body.clone(), r.content_type.clone());
+            }
+        }
+        let (body, content_type) = self.encode();
+        let body = bytes::Bytes::from(body);
+        *cached = Some(Rendered {
+            at: std::time::Instant::now(),
+            body: body.clone(),
+            content_type: content_type.clone(),
+        });
+        (body, content_type)
     }
 
     /// Counts what the accept loop of `listener` reports.

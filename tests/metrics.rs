@@ -220,3 +220,27 @@ async fn counters_follow_the_traffic_and_the_switch() {
         "one prefix"
     );
 }
+
+#[test]
+fn a_scrape_storm_reuses_one_encoding_and_a_fresh_encode_sees_every_change() {
+    let metrics =
+        rocketmq_sidecar::metrics::Metrics::new(prometheus::Registry::new()).expect("metrics");
+    let series = r#"rmq_sidecar_heap_trims_total{outcome="released"}"#;
+    let started = std::time::Instant::now();
+    let (first, _) = metrics.encode_for_scrape();
+    metrics.heap_trims.with_label_values(&["released"]).inc();
+    let (second, _) = metrics.encode_for_scrape();
+    let (fresh, _) = metrics.encode();
+    let fresh = scrape_text(&String::from_utf8_lossy(&fresh));
+    assert_eq!(value(&fresh, series), 1.0, "encode() must see the change");
+    if started.elapsed() < rocketmq_sidecar::metrics::SCRAPE_REUSE {
+        assert_eq!(
+            first, second,
+            "a scrape within the reuse window encoded again"
+        );
+    }
+    assert_eq!(
+        value(&scrape_text(&String::from_utf8_lossy(&first)), series),
+        0.0
+    );
+}

@@ -195,7 +195,7 @@ pub async fn handle(
     if endpoint.action == Action::Preflight {
         return preflight(state, req.uri().query()).await;
     }
-    read(state, endpoint.action)
+    read(state, port, endpoint.action)
 }
 
 /// `GET /preflight?to=new|old` (default: new).
@@ -224,7 +224,7 @@ async fn preflight(state: &AdminState, query: Option<&str>) -> Response<Body> {
 }
 
 /// Answers a read.
-fn read(state: &AdminState, action: Action) -> Response<Body> {
+fn read(state: &AdminState, port: Port, action: Action) -> Response<Body> {
     match action {
         Action::Index => json_response(StatusCode::OK, index_json()),
         Action::Live => text(StatusCode::OK, "live\n"),
@@ -235,7 +235,16 @@ fn read(state: &AdminState, action: Action) -> Response<Body> {
         ),
         Action::GetRoute => json_response(StatusCode::OK, views::route_json(state)),
         Action::Metrics => {
-            let (body, content_type) = state.ctx.metrics.encode();
+            // The health port is open to the whole cluster: a scrape storm there reuses an
+            // answer up to 100 ms old instead of taking CPU from the relay. The admin port
+            // (loopback, this pod only) always encodes afresh.
+            let (body, content_type) = match port {
+                Port::Health => state.ctx.metrics.encode_for_scrape(),
+                Port::Admin => {
+                    let (body, content_type) = state.ctx.metrics.encode();
+                    (body.into(), content_type)
+                }
+            };
             http::with_content_type(body, &content_type)
         }
         Action::Config => json_response(StatusCode::OK, views::config_json(&state.config)),

@@ -150,8 +150,8 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// A response with `body` and the given content type (a Prometheus exposition, say).
-pub fn with_content_type(body: Vec<u8>, content_type: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+pub fn with_content_type(body: impl Into<Bytes>, content_type: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
     if let Ok(v) = HeaderValue::from_str(content_type) {
         r.headers_mut().insert(CONTENT_TYPE, v);
     }
