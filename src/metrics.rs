@@ -107,6 +107,9 @@ pub struct Metrics {
     /// Times freed heap memory was handed back to the system after connections closed,
     /// by `outcome` (released|nothing).
     pub heap_trims: IntCounterVec,
+    /// Bytes held in incomplete frames across every relayed connection (no labels; capped
+    /// by `limits.partial_frame_budget_bytes`).
+    pub incomplete_frame_bytes: IntGaugeVec,
 }
 
 /// Every `action` of `role_filter_total`.
@@ -347,6 +350,11 @@ impl Metrics {
                 "Messages not yet consumed by one of the pod's consumer groups on a cluster (sampled; the pod's groups only, at most 16)",
                 &["cluster", "group"],
             )?,
+            incomplete_frame_bytes: gauge(
+                "incomplete_frame_bytes",
+                "Bytes held in incomplete frames across every relayed connection (capped by limits.partial_frame_budget_bytes)",
+                &[],
+            )?,
             heap_trims: counter(
                 "heap_trims_total",
                 "Times freed heap memory was handed back to the system after many connections closed",
@@ -381,6 +389,7 @@ impl Metrics {
             m.accept_failures.with_label_values(&[l]);
         }
         m.namesrv_requests_refused.with_label_values(&["namesrv"]);
+        m.incomplete_frame_bytes.with_label_values(&[] as &[&str]);
         for outcome in ["released", "nothing"] {
             m.heap_trims.with_label_values(&[outcome]);
         }
@@ -434,6 +443,7 @@ impl Metrics {
             &self.credential_check,
             &self.build_info,
             &self.consumer_backlog,
+            &self.incomplete_frame_bytes,
         ];
         let mut descs: Vec<(&prometheus::core::Desc, &'static str)> = Vec::new();
         for c in counters {

@@ -277,3 +277,58 @@ async fn an_unfinished_frame_is_cut_and_a_held_pull_is_not() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn incomplete_frames_of_all_connections_share_one_budget() {
+    let broker = FakeBroker::start("old-a", Duration::ZERO).await;
+    let ns = FakeNameServer::start(HashMap::from([(
+        "T".into(),
+        fastjson_route("broker-a", broker.addr),
+    )]))
+    .await;
+    // Frames up to 1 MiB; 1 MiB held in incomplete frames across every connection.
+    let cfg = "frame_max_bytes = 1048576\n".to_owned()
+        + &sidecar_config(ns.addr, None, "127.96.0.0/16", None)
+        + "[limits]\npartial_frame_budget_bytes = 1048576\n";
+    let sidecar = start_sidecar(&cfg).await;
+    let local = local_master(sidecar.namesrv_addr, "T").await;
+    let gauge = r#"rmq_sidecar_incomplete_frame_bytes "#;
+    let held = |text: &str| metric(text, gauge).unwrap_or(-1.0);
+
+    // Two sends of 900 KiB, each trickled in up to 600 KiB: the first is held...
+    let body = vec![b'x'; 900 * 1024];
+    let frame = |opaque| request(310, opaque, &[("b", "T")]).encode_frame(&body);
+    let (a_frame, b_frame) = (frame(1), frame(2));
+    let mut a = FrameClient::connect(local).await;
+    a.send_raw(&a_frame[..600 * 1024]).await;
+    assert_eventually!(
+        held(&http(sidecar.admin_addr, "GET", "/metrics", None).await.1) >= 600.0 * 1024.0,
+        5,
+        "the first incomplete frame was never counted"
+    );
+    // ...the second would take both past 1 MiB: its connection is closed.
+    let mut b = FrameClient::connect(local).await;
+    b.send_raw(&b_frame[..600 * 1024]).await;
+    assert!(b.closed().await, "a frame past the shared budget was kept");
+    // The first finishes and is answered; the budget is free again.
+    a.send_raw(&a_frame[600 * 1024..]).await;
+    let answer = a
+        .next()
+        .await
+        .expect("the held frame is relayed and answered");
+    assert_eq!(answer.opaque(), 1);
+    let (_, text) = http(sidecar.admin_addr, "GET", "/metrics", None).await;
+    assert_eq!(held(&text), 0.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            r#"rmq_sidecar_frames_rejected_total{reason="over_budget"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // A whole frame of the same size on a new connection goes through.
+    let mut c = FrameClient::connect(local).await;
+    let (h, _) = c.call(&request(310, 3, &[("b", "T")]), &body).await;
+    assert_eq!(h.code, response::SUCCESS);
+}

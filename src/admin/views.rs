@@ -51,6 +51,7 @@ pub fn config_json(c: &Config) -> serde_json::Value {
             "namesrv_inflight": c.limits.namesrv_inflight,
             "namesrv_frame_max_bytes": c.limits.namesrv_frame_max_bytes,
             "partial_frame_seconds": c.limits.partial_frame.as_secs(),
+            "partial_frame_budget_bytes": c.limits.partial_frame_budget_bytes,
         },
         "clusters": { "old": cluster(&c.old), "new": cluster(&c.new) },
     })

@@ -94,6 +94,8 @@ pub struct LimitsFile {
     pub namesrv_frame_max_bytes: Option<u64>,
     /// Longest a connection may hold an incomplete frame before it is closed.
     pub partial_frame_seconds: Option<u64>,
+    /// Most bytes in incomplete frames across all relayed connections.
+    pub partial_frame_budget_bytes: Option<u64>,
 }
 
 /// `[gates]`

@@ -86,6 +86,9 @@ pub struct Limits {
     pub namesrv_frame_max_bytes: usize,
     /// Longest a connection may hold an incomplete frame (a complete one never waits).
     pub partial_frame: Duration,
+    /// Most bytes held in incomplete frames across every relayed connection together; the
+    /// connection whose frame would go past it is closed.
+    pub partial_frame_budget_bytes: usize,
 }
 
 impl Default for Limits {
@@ -98,6 +101,7 @@ impl Default for Limits {
             namesrv_inflight: 256,
             namesrv_frame_max_bytes: 64 * 1024,
             partial_frame: Duration::from_secs(30),
+            partial_frame_budget_bytes: 64 << 20,
         }
     }
 }

@@ -125,7 +125,7 @@ pub(super) fn config(file: ConfigFile, env: &dyn Env) -> Result<Config, ConfigEr
         env,
     )?;
     let upstream = upstream(&file.upstream)?;
-    let limits = limits(&file.limits)?;
+    let limits = limits(&file.limits, frame_max_bytes)?;
     let gates = gates(&file.gates, env)?;
     let (old, new) = clusters(file.clusters, target, env)?;
     Ok(Config {
@@ -373,7 +373,7 @@ fn millis(key: &'static str, value: Option<u64>, default: u64) -> Result<Duratio
     }
 }
 
-fn limits(file: &file::LimitsFile) -> Result<Limits, ConfigError> {
+fn limits(file: &file::LimitsFile, frame_max_bytes: usize) -> Result<Limits, ConfigError> {
     let d = Limits::default();
     let one = |key: &'static str, value: Option<u64>, default: usize| match value {
         None => Ok(default),
@@ -428,6 +428,20 @@ fn limits(file: &file::LimitsFile) -> Result<Limits, ConfigError> {
                 return Err(ConfigError::Invalid {
                     key: "limits.partial_frame_seconds",
                     message: format!("{n} is outside 1..=3600 seconds"),
+                    env: None,
+                })
+            }
+        },
+        partial_frame_budget_bytes: match file.partial_frame_budget_bytes {
+            None => d.partial_frame_budget_bytes.max(frame_max_bytes),
+            Some(n) if n >= frame_max_bytes as u64 && n <= 1 << 34 => n as usize,
+            Some(n) => {
+                return Err(ConfigError::Invalid {
+                    key: "limits.partial_frame_budget_bytes",
+                    message: format!(
+                        "{n} must be at least frame_max_bytes ({frame_max_bytes}: one largest \
+                         frame must fit) and at most 17179869184"
+                    ),
                     env: None,
                 })
             }

@@ -57,6 +57,8 @@ pub struct RelayContext {
     pub frame_max_bytes: usize,
     /// Longest a connection may hold an incomplete frame.
     pub partial_frame: Duration,
+    /// Bytes held in incomplete frames across every relayed connection, and their cap.
+    pub partial_budget: Arc<relay::PartialBudget>,
     /// Log lines about bad frames, at most one per 10 s.
     bad_frames: std::sync::Mutex<rmq_common::serve::RateLimitedLog>,
     /// Connect timeout to brokers.
@@ -140,6 +142,14 @@ impl RelayContext {
             conns: ConnTracker::default(),
             frame_max_bytes: config.frame_max_bytes,
             partial_frame: config.limits.partial_frame,
+            partial_budget: Arc::new(relay::PartialBudget::new(
+                config.limits.partial_frame_budget_bytes,
+                Some(
+                    metrics
+                        .incomplete_frame_bytes
+                        .with_label_values(&[] as &[&str]),
+                ),
+            )),
             bad_frames: std::sync::Mutex::new(rmq_common::serve::RateLimitedLog::new(
                 rmq_common::serve::LOG_EVERY,
             )),

@@ -38,6 +38,10 @@ pub enum PumpEnd {
     /// An incomplete frame was not finished in time.
     #[error("an incomplete frame ({0} bytes) was not finished in time")]
     Stalled(usize),
+    /// An incomplete frame would have taken the bytes held in incomplete frames across
+    /// every connection past their budget.
+    #[error("an incomplete frame ({0} bytes) would go past the budget of incomplete frames of all connections ({1} bytes)")]
+    OverBudget(usize, usize),
     /// A frame was malformed or too large.
     #[error("{0}")]
     Frame(FrameError),
@@ -151,6 +155,7 @@ async fn relay_connected(
     let limits = PumpLimits {
         max_frame: max,
         partial_frame: ctx.partial_frame,
+        budget: ctx.partial_budget.clone(),
     };
     // Frames the sidecar itself sends on this connection: to the broker (UNREGISTER_CLIENT
     // when a role leaves this cluster) and to the app (answers given here, redirected
@@ -165,40 +170,46 @@ async fn relay_connected(
     let route_up = ctx.route.clone();
     let redirect_ctx = ctx.clone();
     let answer_tx = to_client.clone();
-    let up = pump(client_rd, broker_wr, limits, Some(to_broker_rx), move |f| {
-        act_up.client_frame(&f);
-        let targets = route_up.borrow().targets();
-        // Only a member-list request asks; every other frame skips the route lookup.
-        let refreshed =
-            f.code() == request::GET_CONSUMER_LIST_BY_GROUP && redirect_ctx.consumers_refreshed();
-        let f = match roles_up.client_to_broker(f, targets, refreshed, max)? {
-            Upward::Forward(f) => f,
-            Upward::Answer(bytes) => {
-                let _ = answer_tx.try_send(Injected::Answer(bytes));
-                return Ok(None);
-            }
-            Upward::Redirect(target, f) => {
-                let (ctx, tx) = (redirect_ctx.clone(), answer_tx.clone());
-                let roles = roles_up.clone();
-                tokio::spawn(async move {
-                    let mut answer = redirect(&ctx, target, f).await;
-                    if let Ok(frame) = RawFrame::parse(answer.clone(), usize::MAX) {
-                        if frame.code() == response::SUCCESS {
-                            if let Some(with_me) = roles.with_own_member(&frame) {
-                                answer = with_me;
+    let up = pump(
+        client_rd,
+        broker_wr,
+        limits.clone(),
+        Some(to_broker_rx),
+        move |f| {
+            act_up.client_frame(&f);
+            let targets = route_up.borrow().targets();
+            // Only a member-list request asks; every other frame skips the route lookup.
+            let refreshed = f.code() == request::GET_CONSUMER_LIST_BY_GROUP
+                && redirect_ctx.consumers_refreshed();
+            let f = match roles_up.client_to_broker(f, targets, refreshed, max)? {
+                Upward::Forward(f) => f,
+                Upward::Answer(bytes) => {
+                    let _ = answer_tx.try_send(Injected::Answer(bytes));
+                    return Ok(None);
+                }
+                Upward::Redirect(target, f) => {
+                    let (ctx, tx) = (redirect_ctx.clone(), answer_tx.clone());
+                    let roles = roles_up.clone();
+                    tokio::spawn(async move {
+                        let mut answer = redirect(&ctx, target, f).await;
+                        if let Ok(frame) = RawFrame::parse(answer.clone(), usize::MAX) {
+                            if frame.code() == response::SUCCESS {
+                                if let Some(with_me) = roles.with_own_member(&frame) {
+                                    answer = with_me;
+                                }
                             }
                         }
-                    }
-                    let _ = tx.send(Injected::Answer(answer)).await;
-                });
-                return Ok(None);
+                        let _ = tx.send(Injected::Answer(answer)).await;
+                    });
+                    return Ok(None);
+                }
+            };
+            match &rw_up {
+                Some(rw) => rw.client_to_broker(f).map(Some),
+                None => Ok(Some(f.into_bytes())),
             }
-        };
-        match &rw_up {
-            Some(rw) => rw.client_to_broker(f).map(Some),
-            None => Ok(Some(f.into_bytes())),
-        }
-    });
+        },
+    );
     let rw_down = rewriter;
     let act_down = activity.clone();
     let roles_down = roles.clone();
@@ -512,7 +523,11 @@ fn end_of(
                 "upstream_closed"
             }
         }
-        PumpEnd::Frame(_) | PumpEnd::Rewrite(_) | PumpEnd::Truncated(_) | PumpEnd::Stalled(_) => {
+        PumpEnd::Frame(_)
+        | PumpEnd::Rewrite(_)
+        | PumpEnd::Truncated(_)
+        | PumpEnd::Stalled(_)
+        | PumpEnd::OverBudget(..) => {
             ctx.metrics
                 .frames_rejected
                 .with_label_values(&[end.reason()])
@@ -539,6 +554,7 @@ impl PumpEnd {
             PumpEnd::Rewrite(_) => "bad_header",
             PumpEnd::Truncated(_) => "truncated",
             PumpEnd::Stalled(_) => "stalled",
+            PumpEnd::OverBudget(..) => "over_budget",
             PumpEnd::Closed | PumpEnd::Read(_) | PumpEnd::Write(_) => "none",
         }
     }
@@ -576,6 +592,8 @@ where
     let mut decoder = FrameDecoder::new(limits.max_frame);
     // When the incomplete frame at the head of `buf` began to arrive.
     let mut partial_since: Option<tokio::time::Instant> = None;
+    // This direction's share of the budget of incomplete frames (given back when it ends).
+    let mut claim = limits.budget.claim();
     loop {
         loop {
             match decoder.decode(&mut buf) {
@@ -602,6 +620,11 @@ where
         }
         if let Err(e) = flush(&mut wr, &mut batch).await {
             return PumpEnd::Write(e);
+        }
+        // What is left in `buf` is one incomplete frame: it counts against the budget of
+        // every connection's incomplete frames until it is complete.
+        if !claim.hold(buf.len()) {
+            return PumpEnd::OverBudget(buf.len(), limits.budget.limit);
         }
         // Only an incomplete frame has a deadline: a complete request waiting for its
         // answer (a held long-poll) is never cut.
@@ -633,12 +656,100 @@ where
 }
 
 /// What bounds one direction of a relay.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PumpLimits {
     /// Largest frame accepted.
     pub max_frame: usize,
     /// Longest an incomplete frame may take to finish.
     pub partial_frame: Duration,
+    /// The budget of incomplete frames shared by every connection.
+    pub budget: Arc<PartialBudget>,
+}
+
+/// Bytes held in incomplete frames by every relayed connection together, and their cap
+/// (`limits.partial_frame_budget_bytes`): a few connections that each announce a large
+/// frame and trickle it in cannot take the pod's memory between them.
+#[derive(Debug)]
+pub struct PartialBudget {
+    held: std::sync::atomic::AtomicUsize,
+    /// The cap, in bytes.
+    pub limit: usize,
+    /// `rmq_sidecar_incomplete_frame_bytes`, set on every change.
+    gauge: Option<prometheus::IntGauge>,
+}
+
+/// One direction's share of a [`PartialBudget`]; given back when dropped.
+#[derive(Debug)]
+pub struct BudgetClaim<'a> {
+    budget: &'a PartialBudget,
+    held: usize,
+}
+
+// === impl PartialBudget ===
+
+impl PartialBudget {
+    /// A budget of `limit` bytes, nothing held; `gauge` (if any) follows what is held.
+    pub fn new(limit: usize, gauge: Option<prometheus::IntGauge>) -> Self {
+        Self {
+            held: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+            gauge,
+        }
+    }
+
+    fn report(&self, held: usize) {
+        if let Some(g) = &self.gauge {
+            g.set(i64::try_from(held).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// A claim holding nothing yet.
+    pub fn claim(&self) -> BudgetClaim<'_> {
+        BudgetClaim {
+            budget: self,
+            held: 0,
+        }
+    }
+
+    /// Bytes held now by every claim together.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+// === impl BudgetClaim ===
+
+impl BudgetClaim<'_> {
+    /// Makes this claim hold `bytes`. False (and the claim unchanged) when growing to it
+    /// would take every claim together past the budget's limit; shrinking always succeeds.
+    pub fn hold(&mut self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        if bytes == self.held {
+            return true;
+        }
+        if bytes < self.held {
+            let shrink = self.held - bytes;
+            let before = self.budget.held.fetch_sub(shrink, Ordering::Relaxed);
+            self.budget.report(before - shrink);
+            self.held = bytes;
+            return true;
+        }
+        let grow = bytes - self.held;
+        let before = self.budget.held.fetch_add(grow, Ordering::Relaxed);
+        if before + grow > self.budget.limit {
+            self.budget.held.fetch_sub(grow, Ordering::Relaxed);
+            return false;
+        }
+        self.budget.report(before + grow);
+        self.held = bytes;
+        true
+    }
+}
+
+impl Drop for BudgetClaim<'_> {
+    fn drop(&mut self) {
+        self.hold(0);
+    }
 }
 
 async fn recv_some(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
