@@ -107,8 +107,8 @@ pub struct Metrics {
     /// Times freed heap memory was handed back to the system after connections closed,
     /// by `outcome` (released|nothing).
     pub heap_trims: IntCounterVec,
-    /// Bytes held in incomplete frames across every relayed connection (no labels; capped
-    /// by `limits.partial_frame_budget_bytes`).
+    /// Bytes held in incomplete frames the app sent, across its broker connections (no
+    /// labels; capped by `limits.partial_frame_budget_bytes`).
     pub incomplete_frame_bytes: IntGaugeVec,
 }
 
@@ -352,7 +352,7 @@ impl Metrics {
             )?,
             incomplete_frame_bytes: gauge(
                 "incomplete_frame_bytes",
-                "Bytes held in incomplete frames across every relayed connection (capped by limits.partial_frame_budget_bytes)",
+                "Bytes held in incomplete frames the app sent, across its broker connections (capped by limits.partial_frame_budget_bytes)",
                 &[],
             )?,
             heap_trims: counter(

@@ -86,8 +86,8 @@ pub struct Limits {
     pub namesrv_frame_max_bytes: usize,
     /// Longest a connection may hold an incomplete frame (a complete one never waits).
     pub partial_frame: Duration,
-    /// Most bytes held in incomplete frames across every relayed connection together; the
-    /// connection whose frame would go past it is closed.
+    /// Most bytes held in incomplete frames the app sent, across its broker connections
+    /// together; the connection whose frame would go past it is closed.
     pub partial_frame_budget_bytes: usize,
 }
 

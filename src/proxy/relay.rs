@@ -152,10 +152,16 @@ async fn relay_connected(
     let (client_rd, client_wr) = client.into_split();
     let (broker_rd, broker_wr) = broker.into_split();
     let max = ctx.frame_max_bytes;
+    // The app's side counts against the budget of incomplete frames (a hostile or broken
+    // client is what it guards against); the broker's answers (large pulls) never do.
     let limits = PumpLimits {
         max_frame: max,
         partial_frame: ctx.partial_frame,
-        budget: ctx.partial_budget.clone(),
+        budget: None,
+    };
+    let app_limits = PumpLimits {
+        budget: Some(ctx.partial_budget.clone()),
+        ..limits.clone()
     };
     // Frames the sidecar itself sends on this connection: to the broker (UNREGISTER_CLIENT
     // when a role leaves this cluster) and to the app (answers given here, redirected
@@ -173,7 +179,7 @@ async fn relay_connected(
     let up = pump(
         client_rd,
         broker_wr,
-        limits.clone(),
+        app_limits,
         Some(to_broker_rx),
         move |f| {
             act_up.client_frame(&f);
@@ -593,7 +599,7 @@ where
     // When the incomplete frame at the head of `buf` began to arrive.
     let mut partial_since: Option<tokio::time::Instant> = None;
     // This direction's share of the budget of incomplete frames (given back when it ends).
-    let mut claim = limits.budget.claim();
+    let mut claim = limits.budget.as_deref().map(PartialBudget::claim);
     loop {
         loop {
             match decoder.decode(&mut buf) {
@@ -623,8 +629,10 @@ where
         }
         // What is left in `buf` is one incomplete frame: it counts against the budget of
         // every connection's incomplete frames until it is complete.
-        if !claim.hold(buf.len()) {
-            return PumpEnd::OverBudget(buf.len(), limits.budget.limit);
+        if let Some(claim) = claim.as_mut() {
+            if !claim.hold(buf.len()) {
+                return PumpEnd::OverBudget(buf.len(), claim.limit());
+            }
         }
         // Only an incomplete frame has a deadline: a complete request waiting for its
         // answer (a held long-poll) is never cut.
@@ -662,11 +670,12 @@ pub struct PumpLimits {
     pub max_frame: usize,
     /// Longest an incomplete frame may take to finish.
     pub partial_frame: Duration,
-    /// The budget of incomplete frames shared by every connection.
-    pub budget: Arc<PartialBudget>,
+    /// The budget of incomplete frames shared by every app connection (`None`: unbounded,
+    /// the broker's side).
+    pub budget: Option<Arc<PartialBudget>>,
 }
 
-/// Bytes held in incomplete frames by every relayed connection together, and their cap
+/// Bytes held in incomplete frames by every app connection together, and their cap
 /// (`limits.partial_frame_budget_bytes`): a few connections that each announce a large
 /// frame and trickle it in cannot take the pod's memory between them.
 #[derive(Debug)]
@@ -720,6 +729,11 @@ impl PartialBudget {
 // === impl BudgetClaim ===
 
 impl BudgetClaim<'_> {
+    /// The budget's cap, in bytes.
+    pub fn limit(&self) -> usize {
+        self.budget.limit
+    }
+
     /// Makes this claim hold `bytes`. False (and the claim unchanged) when growing to it
     /// would take every claim together past the budget's limit; shrinking always succeeds.
     pub fn hold(&mut self, bytes: usize) -> bool {
