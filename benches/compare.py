@@ -93,6 +93,8 @@ class Paths:
 
     def __init__(self, load: Path, broker: str, namesrv: str, topic: str, workdir: Path, idle: int = 0):
         self.load, self.procs, self.addr, self.pid = load, [], {}, {}
+        #: each sidecar's health port (for the scrape storm)
+        self.health: dict[str, str] = {}
         workdir.mkdir(parents=True, exist_ok=True)
         self.addr["direct"] = broker
         port = free_port()
@@ -149,7 +151,6 @@ namesrv = "{namesrv}"
             if route.returncode != 0:
                 raise SystemExit(f"compare.py: {mode}: no route through the sidecar:\n{route.stderr}")
             self.addr[mode], self.pid[mode] = route.stdout.strip(), p.pid
-            self.health = getattr(self, "health", {})
             self.health[mode] = f"127.0.0.1:{health}"
         time.sleep(1)
         self.idle_rss = {mode: rss_mib(pid) for mode, pid in self.pid.items()}

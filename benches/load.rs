@@ -36,11 +36,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rocketmq_sidecar::protocol::{FrameDecoder, Header};
+use rocketmq_sidecar::protocol::Header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
-use tokio_util::codec::Decoder;
 
 const DEFAULT_TOPIC: &str = "BenchTopic";
 
@@ -60,44 +59,6 @@ fn get<T: std::str::FromStr>(kv: &HashMap<String, String>, key: &str, default: T
                 .unwrap_or_else(|_| panic!("{key}={v}: not a valid value"))
         })
         .unwrap_or(default)
-}
-
-/// Answers every request at once: SEND_MESSAGE_V2 with the fields a broker's answer has.
-async fn echo_broker() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let (mut rd, mut wr) = s.into_split();
-                let mut buf = BytesMut::new();
-                let mut out = Vec::new();
-                let mut decoder = FrameDecoder::default();
-                loop {
-                    // Answer every complete request read so far in one write, then read on.
-                    while let Ok(Some(f)) = decoder.decode(&mut buf) {
-                        let h = fakes::header_of(&f);
-                        let mut resp = Header::response_to(&h, 0, None);
-                        resp.set_ext("msgId", "7F00000100002A9F0000000000000000");
-                        resp.set_ext("queueId", "0");
-                        resp.set_ext("queueOffset", "0");
-                        out.extend_from_slice(&resp.encode_frame(b""));
-                    }
-                    if !out.is_empty() {
-                        if wr.write_all(&out).await.is_err() {
-                            break;
-                        }
-                        out.clear();
-                    }
-                    if !matches!(rd.read_buf(&mut buf).await, Ok(n) if n > 0) {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// A SEND_MESSAGE_V2 header as the Java client 4.9 writes it (short field names).
@@ -336,7 +297,7 @@ fn main() {
         .unwrap();
     match command.as_str() {
         "serve" => rt.block_on(async {
-            let broker = echo_broker().await;
+            let broker = fakes::echo_broker().await;
             let ns = fakes::FakeNameServer::start(HashMap::from([(
                 DEFAULT_TOPIC.to_owned(),
                 fakes::fastjson_route("bench-broker-a", broker),

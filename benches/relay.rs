@@ -18,35 +18,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rocketmq_sidecar::protocol::Header;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const ROUNDS: usize = 10;
 const PER_ROUND: usize = 2000;
-
-/// Answers every request at once with an empty SUCCESS response.
-async fn echo_broker() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let (mut rd, mut wr) = s.into_split();
-                let mut buf = BytesMut::new();
-                while let Some(f) = fakes::read_frame(&mut rd, &mut buf).await {
-                    let h = fakes::header_of(&f);
-                    let resp = Header::response_to(&h, 0, None);
-                    if wr.write_all(&resp.encode_frame(b"")).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 async fn round_trips(
     client: &mut fakes::FrameClient,
@@ -108,7 +84,7 @@ fn main() {
         .unwrap();
     if std::env::var_os("RMQ_BENCH_ECHO").is_some() {
         rt.block_on(async {
-            println!("{}", echo_broker().await);
+            println!("{}", fakes::echo_broker().await);
             std::future::pending::<()>().await;
         });
         return;

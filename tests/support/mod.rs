@@ -46,6 +46,45 @@ pub async fn read_frame(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Option<Ra
     }
 }
 
+/// A broker for benchmarks: answers every request at once with SUCCESS and the fields of a
+/// send's answer, everything one read brought in one write; records nothing.
+pub async fn echo_broker() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = s.into_split();
+                let mut buf = BytesMut::new();
+                let mut out = Vec::new();
+                let mut decoder = FrameDecoder::default();
+                loop {
+                    // Answer every complete request read so far in one write, then read on.
+                    while let Ok(Some(f)) = decoder.decode(&mut buf) {
+                        let h = header_of(&f);
+                        let mut resp = Header::response_to(&h, 0, None);
+                        resp.set_ext("msgId", "7F00000100002A9F0000000000000000");
+                        resp.set_ext("queueId", "0");
+                        resp.set_ext("queueOffset", "0");
+                        out.extend_from_slice(&resp.encode_frame(b""));
+                    }
+                    if !out.is_empty() {
+                        if wr.write_all(&out).await.is_err() {
+                            break;
+                        }
+                        out.clear();
+                    }
+                    if !matches!(rd.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// Decoded header of a frame.
 pub fn header_of(f: &RawFrame) -> Header {
     Header::decode(f.serialize_type(), f.header_bytes()).expect("header")
