@@ -298,10 +298,15 @@ def stamp(text: str) -> float:
 
 
 def sidecar_ready_at(workload: Workload, pod: str) -> float:
-    for line in workload.streams[(pod, "rmq-sidecar")].lines():
-        when, _, text = line.partition(" ")
-        if text.startswith("{") and json.loads(text).get("message") == "ready":
-            return stamp(when)
+    # Each container's `kubectl logs -f` starts on its own, so the app's stream may have lines
+    # before the sidecar's has caught up: wait for it, as for the app's first line.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        for line in workload.streams[(pod, "rmq-sidecar")].lines():
+            when, _, text = line.partition(" ")
+            if text.startswith("{") and '"message":"ready"' in text.replace(" ", ""):
+                return stamp(when)
+        time.sleep(0.2)
     raise AssertionError(f"{pod}: the sidecar never logged 'ready':\n"
                          + "\n".join(workload.streams[(pod, 'rmq-sidecar')].lines()[-20:]))
 
