@@ -366,7 +366,13 @@ impl Metrics {
         for outcome in ["passed", "refused", "forced", "dry_run"] {
             m.gate_evaluations.with_label_values(&[outcome]);
         }
-        for gate in ["consumers_on_target", "backlog_drained", "transactions"] {
+        // Every `gates::GateName` (kept in step by a test there).
+        for gate in [
+            "consumers_on_target",
+            "backlog_drained",
+            "transactions",
+            "target_reachable",
+        ] {
             m.gate_refusals.with_label_values(&[gate]);
             m.gate_forced.with_label_values(&[gate]);
         }

@@ -118,9 +118,10 @@ async fn handlers_answer_in_memory_from_the_endpoint_table() {
     use rocketmq_sidecar::App;
 
     let env: HashMap<String, String> = HashMap::new();
-    // Name servers that are never contacted (no server runs there).
+    // Name servers that are never contacted (no server runs there): the gates, which
+    // would read them before a switch, are off here and tested in tests/gates.rs.
     let cfg = Config::from_toml_str(
-        "[clusters.old]\nnamesrv = \"127.0.0.1:1\"\n[clusters.new]\nnamesrv = \"127.0.0.1:2\"\n",
+        "[gates]\nenabled = false\n[clusters.old]\nnamesrv = \"127.0.0.1:1\"\n[clusters.new]\nnamesrv = \"127.0.0.1:2\"\n",
         &env,
     )
     .unwrap();

@@ -18,10 +18,23 @@ use rocketmq_sidecar::config::Config;
 use rocketmq_sidecar::App;
 use serde_json::Value;
 
-fn core(extra: &str) -> std::sync::Arc<AdminState> {
+/// A sidecar core whose old cluster answers nothing (127.0.0.1:1) and whose new cluster
+/// is a fake name server listing one fake broker (so the target is reachable, and knows
+/// no topic the tests use).
+async fn core(extra: &str) -> std::sync::Arc<AdminState> {
+    let broker = support::FakeBroker::start("new-a", std::time::Duration::ZERO).await;
+    let routes = HashMap::from([(
+        "Elsewhere".to_owned(),
+        support::fastjson_route("new-a", broker.addr),
+    )]);
+    let ns = support::FakeNameServer::start(routes).await;
+    core_with(extra, &ns.addr.to_string())
+}
+
+fn core_with(extra: &str, new_namesrv: &str) -> std::sync::Arc<AdminState> {
     let env: HashMap<String, String> = HashMap::new();
     let cfg = Config::from_toml_str(
-        &format!("{extra}\n[clusters.old]\nnamesrv = \"127.0.0.1:1\"\n[clusters.new]\nnamesrv = \"127.0.0.1:2\"\n"),
+        &format!("{extra}\n[clusters.old]\nnamesrv = \"127.0.0.1:1\"\n[clusters.new]\nnamesrv = \"{new_namesrv}\"\n"),
         &env,
     )
     .unwrap();
@@ -61,7 +74,7 @@ fn metric(state: &AdminState, line_start: &str) -> f64 {
 
 #[tokio::test]
 async fn a_refused_switch_changes_nothing_and_says_why() {
-    let state = core("");
+    let state = core("").await;
     // Nothing produced yet: nothing to check, the switch passes.
     let (status, doc) = call(
         &state,
@@ -99,12 +112,12 @@ async fn a_refused_switch_changes_nothing_and_says_why() {
         ),
         1.0
     );
-    // GET /route shows what the gates saw.
+    // GET /route shows what the gates saw (checks[0]: new answered, target_reachable).
     let (_, route) = call(&state, "GET", "/route", "").await;
     assert_eq!(route["gates"]["enabled"], true);
     assert_eq!(route["gates"]["last"]["allowed"], false);
     assert_eq!(
-        route["gates"]["last"]["checks"][0]["producer"]["topics"][0]["topic"],
+        route["gates"]["last"]["checks"][1]["producer"]["topics"][0]["topic"],
         "Orders"
     );
 
@@ -171,8 +184,55 @@ async fn a_refused_switch_changes_nothing_and_says_why() {
 }
 
 #[tokio::test]
+async fn a_switch_to_a_cluster_that_does_not_answer_is_refused_and_changes_nothing() {
+    // Nothing recorded: no other gate has anything to check, yet the consumers would
+    // stall on a cluster whose name server refuses connections.
+    let state = core_with("", "127.0.0.1:2");
+    let (status, doc) = call(&state, "PUT", "/route", r#"{"consumer":"new"}"#).await;
+    assert_eq!(status, 409, "{doc}");
+    assert_eq!(doc["refused_by"], serde_json::json!(["target_reachable"]));
+    let error = doc["error"].as_str().unwrap();
+    assert!(
+        error.contains("new is unreachable") && error.contains("127.0.0.1:2"),
+        "{error}"
+    );
+    assert_eq!(
+        state.route.current().targets(),
+        RoleTargets::both(rmq_common::Target::Old)
+    );
+    assert_eq!(
+        metric(
+            &state,
+            r#"rmq_sidecar_gate_refusals_total{gate="target_reachable"}"#
+        ),
+        1.0
+    );
+    // A name server that answers but lists a broker that refuses connections.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let routes = HashMap::from([(
+        "Elsewhere".to_owned(),
+        support::fastjson_route("new-a", dead_addr),
+    )]);
+    let ns = support::FakeNameServer::start(routes).await;
+    let state = core_with("", &ns.addr.to_string());
+    let (status, doc) = call(&state, "PUT", "/route", r#"{"target":"new"}"#).await;
+    assert_eq!(status, 409, "{doc}");
+    let error = doc["error"].as_str().unwrap();
+    assert!(
+        error.contains("master of broker new-a") && error.contains(&dead_addr.to_string()),
+        "{error}"
+    );
+    assert_eq!(
+        state.route.current().targets(),
+        RoleTargets::both(rmq_common::Target::Old)
+    );
+}
+
+#[tokio::test]
 async fn gates_can_be_turned_off() {
-    let state = core("[gates]\nenabled = false\n");
+    let state = core("[gates]\nenabled = false\n").await;
     state.ctx.usage.record_send("Orders", "orders-producer");
     let (status, doc) = call(&state, "PUT", "/route", r#"{"producer":"new"}"#).await;
     assert_eq!(status, 200, "{doc}");
@@ -182,7 +242,7 @@ async fn gates_can_be_turned_off() {
 
 #[tokio::test]
 async fn a_refused_annotation_waits_until_forced() {
-    let state = core("[gates]\nretry_seconds = 1\n");
+    let state = core("[gates]\nretry_seconds = 1\n").await;
     state.ctx.usage.record_send("Orders", "orders-producer");
     let dir = support::tempdir("gates-annotation");
     let file = dir.join("annotations");

@@ -74,14 +74,18 @@ pub enum GateName {
     BacklogDrained,
     /// Transactional producer groups keep heartbeating the cluster they leave.
     Transactions,
+    /// The cluster a role moves to answers: a name server, and every master broker it
+    /// lists. Checked before the others; while it refuses, the others are not read.
+    TargetReachable,
 }
 
 impl GateName {
     /// Every gate.
-    pub const ALL: [GateName; 3] = [
+    pub const ALL: [GateName; 4] = [
         GateName::ConsumersOnTarget,
         GateName::BacklogDrained,
         GateName::Transactions,
+        GateName::TargetReachable,
     ];
 
     /// The name in answers, logs and the `gate` label.
@@ -90,6 +94,7 @@ impl GateName {
             GateName::ConsumersOnTarget => "consumers_on_target",
             GateName::BacklogDrained => "backlog_drained",
             GateName::Transactions => "transactions",
+            GateName::TargetReachable => "target_reachable",
         }
     }
 }
@@ -378,6 +383,45 @@ async fn run<R: ClusterReads>(
     facts: &Facts<'_>,
 ) -> Vec<GateCheck> {
     let mut checks = Vec::new();
+    // First, can the pod use the cluster it moves to at all? A role sent to a cluster
+    // whose name servers or brokers do not answer would stall there (a consumer move is
+    // otherwise checked only against the cluster it leaves).
+    let mut reached: Vec<(Target, Result<String, reads::ReadError>)> = Vec::new();
+    for role in [Role::Consumer, Role::Producer] {
+        if from.get(role) == to.get(role) {
+            continue;
+        }
+        let target = to.get(role);
+        let outcome = match reached.iter().find(|(t, _)| *t == target) {
+            Some((_, outcome)) => outcome.clone(),
+            None => {
+                let outcome = reads.reach(target).await;
+                reached.push((target, outcome.clone()));
+                outcome
+            }
+        };
+        let (passed, reason) = match outcome {
+            Ok(detail) => (true, detail),
+            Err(e) => (
+                false,
+                format!("{target} is unreachable from this pod: {e}; check its name server addresses, that its brokers are up, and the network path from this pod"),
+            ),
+        };
+        checks.push(GateCheck {
+            gate: GateName::TargetReachable,
+            role,
+            from: from.get(role),
+            to: target,
+            passed,
+            reason,
+            producer: None,
+            consumer: None,
+            transactional_groups: Vec::new(),
+        });
+    }
+    if checks.iter().any(|c| !c.passed) {
+        return checks;
+    }
     // Consumers first: in a switch of both roles, their verdict is the one to read first.
     if from.consumer != to.consumer {
         let gate = consumer::check(

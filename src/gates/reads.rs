@@ -131,6 +131,9 @@ pub trait ClusterReads {
         addr: &str,
         group: &str,
     ) -> Result<Vec<QueueStat>, ReadError>;
+    /// Whether a pod could use `cluster` now: one of its name servers answers, and every
+    /// master broker it lists accepts a connection. `Ok` says what was reached.
+    async fn reach(&self, cluster: Target) -> Result<String, ReadError>;
 }
 
 /// One open connection to a broker.
@@ -281,6 +284,85 @@ impl BrokerReads {
 }
 
 impl ClusterReads for BrokerReads {
+    async fn reach(&self, cluster: Target) -> Result<String, ReadError> {
+        let what = "the cluster's brokers (GET_BROKER_CLUSTER_INFO)";
+        let ns = &self.ctx.cluster(cluster).namesrv;
+        let unreachable = |addr: String, reason: String| ReadError::Unreachable {
+            what: what.to_owned(),
+            addr,
+            reason,
+        };
+        let mut header = Header::request(request::GET_BROKER_CLUSTER_INFO, 0);
+        header.version = OWN_VERSION;
+        let answer = match tokio::time::timeout(self.timeout, ns.call(&header, &[])).await {
+            Ok(Ok(Some(a))) => a,
+            Ok(Ok(None)) => return Err(unreachable(ns.addrs().join(";"), "no answer".into())),
+            Ok(Err(e)) => return Err(unreachable(ns.addrs().join(";"), e.to_string())),
+            Err(_) => {
+                let reason = format!("no answer within {} ms", self.timeout.as_millis());
+                return Err(unreachable(ns.addrs().join(";"), reason));
+            }
+        };
+        let code = answer.frame.code();
+        if code != response::SUCCESS {
+            // A name server that does not serve the cluster list (a 5.x Proxy) still
+            // answers: it is reachable, and its brokers are behind it.
+            return Ok(format!(
+                "name server {} answered (code {code}); it lists no brokers to try",
+                answer.addr
+            ));
+        }
+        let masters = route::parse_lenient(&answer.frame.body())
+            .map(|info| admin::cluster_masters(&info))
+            .map_err(|e| unreachable(answer.addr.clone(), format!("unreadable answer: {e}")))?;
+        if masters.is_empty() {
+            let reason =
+                "the name server lists no broker: a pod moved there could not send or consume"
+                    .to_owned();
+            return Err(unreachable(answer.addr, reason));
+        }
+        // Every master at once, each with the read timeout: a connect proves the address
+        // the apps will be sent to takes connections (it is closed at once).
+        let mut tries = tokio::task::JoinSet::new();
+        for (name, addr) in masters.iter().cloned() {
+            let limit = self.timeout;
+            tries.spawn(async move {
+                let outcome = match tokio::time::timeout(limit, TcpStream::connect(&addr)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("connect failed: {e}")),
+                    Err(_) => Err(format!("no connection within {} ms", limit.as_millis())),
+                };
+                (name, addr, outcome)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(joined) = tries.join_next().await {
+            match joined {
+                Ok((_, _, Ok(()))) => {}
+                Ok((name, addr, Err(reason))) => failed.push((name, addr, reason)),
+                Err(e) => failed.push((String::new(), String::new(), e.to_string())),
+            }
+        }
+        failed.sort();
+        if let Some((name, addr, reason)) = failed.first() {
+            let reason = format!(
+                "master of broker {name}: {reason} ({} of {} masters unreachable)",
+                failed.len(),
+                masters.len()
+            );
+            return Err(ReadError::Unreachable {
+                what: what.to_owned(),
+                addr: addr.clone(),
+                reason,
+            });
+        }
+        Ok(format!(
+            "name server {} answered; {} master broker(s) accept connections",
+            answer.addr,
+            masters.len()
+        ))
+    }
+
     async fn topic_queues(
         &self,
         cluster: Target,

@@ -59,6 +59,10 @@ impl Recorded {
 }
 
 impl ClusterReads for Recorded {
+    async fn reach(&self, c: Target) -> Result<String, ReadError> {
+        self.check(c, "cluster info")?;
+        Ok("reached".to_owned())
+    }
     async fn topic_queues(
         &self,
         c: Target,
@@ -258,9 +262,9 @@ async fn producers_are_refused_until_the_group_is_on_the_target() {
         !refusal.contains("TOOLS_CONSUMER"),
         "system groups are not the migration's: {refusal}"
     );
-    let groups = &e.checks[0].producer.as_ref().unwrap().topics[0].groups;
+    let groups = &e.checks[1].producer.as_ref().unwrap().topics[0].groups;
     assert_eq!(groups.len(), 1, "only G: {refusal}");
-    let gate = e.checks[0].producer.as_ref().unwrap();
+    let gate = e.checks[1].producer.as_ref().unwrap();
     assert_eq!(
         gate.topics[0].groups[0].standing,
         producer::GroupStanding::Missing
@@ -320,7 +324,7 @@ async fn producers_pass_when_the_group_is_online_or_has_every_offset() {
     )
     .await;
     assert!(e.allowed, "{}", e.refusal());
-    let gate = e.checks[0].producer.as_ref().unwrap();
+    let gate = e.checks[1].producer.as_ref().unwrap();
     assert_eq!(
         gate.topics[0].groups[0].standing,
         producer::GroupStanding::Offsets
@@ -361,7 +365,7 @@ async fn seeding_commits_the_queue_ends_and_a_dry_run_writes_nothing() {
         r.offsets.lock().unwrap().is_empty(),
         "a dry run writes nothing"
     );
-    let standing = e.checks[0].producer.as_ref().unwrap().topics[0].groups[0].standing;
+    let standing = e.checks[1].producer.as_ref().unwrap().topics[0].groups[0].standing;
     assert_eq!(standing, producer::GroupStanding::WouldSeed);
 
     let seed = SwitchOptions {
@@ -403,7 +407,17 @@ async fn failed_reads_refuse_and_force_overrides() {
     r.down.insert(Target::New);
     let e = evaluate(&r, &producer_pod(), from, to, SwitchOptions::default()).await;
     assert!(!e.allowed);
-    assert!(e.refusal().contains("fails closed"), "{}", e.refusal());
+    assert_eq!(e.refused_by, vec![GateName::TargetReachable]);
+    assert!(
+        e.refusal().contains("new is unreachable"),
+        "{}",
+        e.refusal()
+    );
+    assert_eq!(
+        e.checks.len(),
+        1,
+        "nothing else is read from a cluster that does not answer"
+    );
     let forced = SwitchOptions {
         force: true,
         ..Default::default()
@@ -412,9 +426,36 @@ async fn failed_reads_refuse_and_force_overrides() {
     assert!(e.allowed && e.force);
     assert_eq!(
         e.refused_by,
-        vec![GateName::ConsumersOnTarget],
+        vec![GateName::TargetReachable],
         "a forced switch still names what it overrode"
     );
+}
+
+#[tokio::test]
+async fn a_consumer_move_to_a_cluster_that_does_not_answer_is_refused() {
+    // The backlog gate reads only the cluster a consumer leaves: without the reach
+    // check, a consumer would move to a dead cluster and stop consuming there.
+    let (from, to) = consumers_to(Target::New);
+    let mut r = consumed_on_old(vec![stat("T", 50, 10, 0)], &["10.0.0.8@1"]);
+    let e = evaluate(&r, &consumer_pod(), from, to, SwitchOptions::default()).await;
+    assert!(e.allowed, "{}", e.refusal());
+    r.down.insert(Target::New);
+    let e = evaluate(&r, &consumer_pod(), from, to, SwitchOptions::default()).await;
+    assert!(!e.allowed);
+    assert_eq!(e.refused_by, vec![GateName::TargetReachable]);
+    assert_eq!(e.checks[0].role, Role::Consumer);
+}
+
+#[test]
+fn every_gate_is_exported_at_zero_from_the_start() {
+    let metrics = crate::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
+    let text = String::from_utf8(metrics.encode().0).unwrap();
+    for gate in GateName::ALL {
+        for family in ["gate_refusals_total", "gate_forced_total"] {
+            let line = format!("rmq_sidecar_{family}{{gate=\"{}\"}} 0", gate.as_str());
+            assert!(text.contains(&line), "{line} missing");
+        }
+    }
 }
 
 fn stat(topic: &str, end: i64, committed: i64, last_ms: i64) -> QueueStat {
@@ -449,7 +490,7 @@ async fn consumers_that_are_not_the_last_leave_freely() {
     let r = consumed_on_old(vec![stat("T", 50, 10, 0)], &["10.0.0.8@1"]);
     let e = evaluate(&r, &consumer_pod(), from, to, SwitchOptions::default()).await;
     assert!(e.allowed, "{}", e.refusal());
-    let g = &e.checks[0].consumer.as_ref().unwrap().groups[0];
+    let g = &e.checks[1].consumer.as_ref().unwrap().groups[0];
     assert_eq!((g.other_members, g.last_members), (1, false));
 }
 
@@ -488,7 +529,7 @@ async fn the_last_consumers_wait_for_the_backlog_and_for_writes_to_stop() {
     );
     let e = evaluate(&r, &consumer_pod(), from, to, SwitchOptions::default()).await;
     assert!(e.allowed, "{}", e.refusal());
-    let g = &e.checks[0].consumer.as_ref().unwrap().groups[0];
+    let g = &e.checks[1].consumer.as_ref().unwrap().groups[0];
     assert!(g.last_members && g.last_write_ms_ago == Some(120_000));
 
     // The old cluster unreachable: fails closed.
@@ -526,12 +567,14 @@ async fn a_switch_of_both_roles_runs_both_gates_and_reports_transactions() {
     assert_eq!(
         gates,
         vec![
+            GateName::TargetReachable,
+            GateName::TargetReachable,
             GateName::BacklogDrained,
             GateName::ConsumersOnTarget,
             GateName::Transactions
         ]
     );
-    let tx = &e.checks[2];
+    let tx = &e.checks[4];
     assert!(tx.passed && tx.transactional_groups == vec!["TXG".to_owned()]);
     assert!(tx.reason.contains("keep(s) heartbeating old"));
 }

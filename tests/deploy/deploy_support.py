@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import signal
 import socket
+import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class FakeCluster:
+    """A RocketMQ name server and broker in one loopback listener, enough for the sidecar's
+    `target_reachable` gate: every request is answered SUCCESS, GET_BROKER_CLUSTER_INFO with
+    a cluster whose one master is this listener. Shared by every test sidecar as its `new`
+    cluster, so switches to new pass; `old` stays a name server that does not exist."""
+
+    _shared: "dict[str, FakeCluster]" = {}
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @classmethod
+    def shared(cls, name: str = "new") -> "FakeCluster":
+        """One per name for the whole test session."""
+        if name not in cls._shared:
+            cls._shared[name] = cls()
+        return cls._shared[name]
+
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        info = json.dumps({"brokerAddrTable": {"fake-a": {"cluster": "Fake", "brokerName": "fake-a",
+                                                          "brokerAddrs": {"0": self.addr}}},
+                           "clusterAddrTable": {"Fake": ["fake-a"]}}).encode()
+        with conn, contextlib.suppress(OSError, ValueError, struct.error):
+            stream = conn.makefile("rb")
+            while True:
+                length = struct.unpack(">i", stream.read(4))[0]
+                frame = stream.read(length)
+                header_len = struct.unpack(">i", frame[:4])[0] & 0xFFFFFF
+                request = json.loads(frame[4:4 + header_len])
+                if request.get("flag", 0) & 2:  # oneway
+                    continue
+                body = info if request.get("code") == 106 else b""
+                reply = json.dumps({"code": 0, "flag": 1, "opaque": request.get("opaque", 0),
+                                    "language": "JAVA", "version": 0,
+                                    "serializeTypeCurrentRPC": "JSON"}).encode()
+                conn.sendall(struct.pack(">ii", 4 + len(reply) + len(body), len(reply)) + reply + body)
+
+
 @dataclass
 class SidecarProcess:
     """One rmq-sidecar process on free loopback ports, configured through RMQ_SIDECAR_* only."""
@@ -61,7 +111,7 @@ class SidecarProcess:
         (self.workdir / "secret-key").write_text(SECRET + "\n")
         env.update({
             "RMQ_SIDECAR_OLD_NAMESRV": "127.0.0.1:1",
-            "RMQ_SIDECAR_NEW_NAMESRV": "127.0.0.1:2",
+            "RMQ_SIDECAR_NEW_NAMESRV": FakeCluster.shared().addr,
             "RMQ_SIDECAR_LISTEN": f"127.0.0.1:{self.namesrv_port}",
             "RMQ_SIDECAR_ADMIN": f"127.0.0.1:{self.admin_port}",
             "RMQ_SIDECAR_METRICS": f"127.0.0.1:{self.health_port}",
