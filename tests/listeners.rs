@@ -58,3 +58,44 @@ async fn a_listener_is_closed_while_its_broker_refuses_and_reopened_after() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_broker_that_dies_has_its_listener_closed_before_the_apps_connection() {
+    // A broker the test holds: it accepts the sidecar's connection, then "dies" as a killed
+    // process does: its connection is closed, and its listening socket a moment later (a
+    // connect in between lands in the backlog and is reset when the socket goes).
+    let broker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broker_addr: SocketAddr = broker_listener.local_addr().unwrap();
+    let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel();
+    let (die_tx, die_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (conn, _) = broker_listener.accept().await.unwrap();
+        accepted_tx.send(()).unwrap();
+        let _ = die_rx.await;
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(broker_listener);
+    });
+    let ns = FakeNameServer::start(HashMap::from([(
+        "T".to_owned(),
+        fastjson_route("broker-a", broker_addr),
+    )]))
+    .await;
+    let sidecar = start_sidecar(&sidecar_config(ns.addr, None, "127.87.0.0/16", None)).await;
+    let local = local_master(sidecar.namesrv_addr, "T").await;
+    let mut app = FrameClient::connect(local).await;
+    tokio::time::timeout(Duration::from_secs(5), accepted_rx)
+        .await
+        .unwrap()
+        .unwrap();
+
+    die_tx.send(()).unwrap();
+    assert!(app.closed().await);
+    // The app reconnects at once, as a client does for its next request: refused, so
+    // it sends to another broker instead of waiting on an accepted connection that the
+    // sidecar can only close (a Java client waits for its 3 s request timeout there).
+    assert!(
+        TcpStream::connect(local).await.is_err(),
+        "the app's reconnect was accepted after its broker died"
+    );
+}

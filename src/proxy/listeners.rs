@@ -357,7 +357,7 @@ async fn accept_loop(
             async move {
                 tokio::select! {
                     _ = stop.drain_requested() => {}
-                    _ = notified.notified() => {}
+                    _ = notified.refused.notified() => {}
                 }
             },
             move |stream, peer| {
@@ -374,11 +374,16 @@ async fn accept_loop(
             .broker_listeners_down
             .with_label_values(&[m.cluster.as_str()]);
         gauge.inc();
+        down.closed_listeners.send_modify(|n| *n += 1);
         tracing::warn!(cluster = %m.cluster, upstream = %m.upstream, %local, listener = kind, "broker refuses connections: listener closed, so the app's connects fail at once and it tries another broker");
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(PROBE_EVERY) => {}
-                _ = ctx.drain_requested() => { gauge.dec(); return; }
+                _ = ctx.drain_requested() => {
+                    gauge.dec();
+                    down.closed_listeners.send_modify(|n| *n = n.saturating_sub(1));
+                    return;
+                }
             }
             let probe =
                 tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(&m.upstream)).await;
@@ -397,6 +402,8 @@ async fn accept_loop(
             }
         }
         gauge.dec();
+        down.closed_listeners
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

@@ -92,7 +92,28 @@ pub struct RelayContext {
     pub usage: Arc<usage::Usage>,
     /// Per upstream broker: woken when a connect to it failed (its listeners then close
     /// until it accepts again).
-    pub upstream_down: dashmap::DashMap<String, Arc<tokio::sync::Notify>>,
+    pub upstream_down: dashmap::DashMap<String, Arc<UpstreamDown>>,
+}
+
+/// The signal between the relays to one broker and that broker's listeners: a relay that
+/// found the broker refusing connections wakes the listeners, which close; each closed
+/// listener is counted, so the relay can wait for them before it closes the app's
+/// connection (the app's reconnect must then be refused, not accepted).
+#[derive(Debug)]
+pub struct UpstreamDown {
+    /// Woken when the broker refused a connect.
+    pub refused: tokio::sync::Notify,
+    /// How many of its listeners are closed now.
+    pub closed_listeners: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for UpstreamDown {
+    fn default() -> Self {
+        Self {
+            refused: tokio::sync::Notify::new(),
+            closed_listeners: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 /// Index of a cluster in [`RelayContext::clusters`].
@@ -212,7 +233,7 @@ impl RelayContext {
     }
 
     /// The signal the listeners of `upstream` wait on for "it refuses connections".
-    pub fn upstream_down_signal(&self, upstream: &str) -> Arc<tokio::sync::Notify> {
+    pub fn upstream_down_signal(&self, upstream: &str) -> Arc<UpstreamDown> {
         self.upstream_down
             .entry(upstream.to_owned())
             .or_default()
@@ -221,7 +242,16 @@ impl RelayContext {
 
     /// Reports that `upstream` refused (or did not answer) a connect.
     pub fn upstream_refused(&self, upstream: &str) {
-        self.upstream_down_signal(upstream).notify_waiters();
+        self.upstream_down_signal(upstream).refused.notify_waiters();
+    }
+
+    /// Reports that `upstream` refused a connect and waits, at most `limit`, until one of
+    /// its listeners has closed.
+    pub async fn upstream_refused_and_closed(&self, upstream: &str, limit: Duration) {
+        let signal = self.upstream_down_signal(upstream);
+        let mut closed = signal.closed_listeners.subscribe();
+        signal.refused.notify_waiters();
+        let _ = tokio::time::timeout(limit, closed.wait_for(|n| *n > 0)).await;
     }
 
     /// The runtime of `target`.

@@ -149,7 +149,9 @@ async fn relay_connected(
         ctx.client_ids.clone(),
         ctx.usage.clone(),
     ));
-    let (client_rd, client_wr) = client.into_split();
+    // The app's write half outlives the pumps (dropping it sends the app a FIN): after
+    // the broker closed, the app's side is closed only once `after_broker_closed` is done.
+    let (client_rd, mut client_wr) = client.into_split();
     let (broker_rd, broker_wr) = broker.into_split();
     let max = ctx.frame_max_bytes;
     // The app's side counts against the budget of incomplete frames (a hostile or broken
@@ -221,7 +223,7 @@ async fn relay_connected(
     let roles_down = roles.clone();
     let down = pump_to_client(
         broker_rd,
-        client_wr,
+        &mut client_wr,
         limits,
         to_client_rx,
         &activity,
@@ -251,7 +253,12 @@ async fn relay_connected(
     loop {
         tokio::select! {
             end = &mut up => return end_of(ctx, peer, cluster, upstream, "client", end),
-            end = &mut down => return end_of(ctx, peer, cluster, upstream, "broker", end),
+            end = &mut down => {
+                if matches!(end, PumpEnd::Closed | PumpEnd::Truncated(_) | PumpEnd::Read(_)) {
+                    after_broker_closed(ctx, upstream).await;
+                }
+                return end_of(ctx, peer, cluster, upstream, "broker", end);
+            }
             idle = &mut retire => {
                 tracing::info!(
                     %peer, %cluster, %upstream, idle_seconds = idle.as_secs(),
@@ -300,6 +307,42 @@ async fn relay_connected(
             }
         }
     }
+}
+
+/// Longest the probe of a broker that closed a connection may take.
+const CLOSED_PROBE: Duration = Duration::from_millis(500);
+/// How long a probe connection to a broker that closed a connection must stay quiet for
+/// the broker to count as alive.
+const PROBE_SETTLE: Duration = Duration::from_millis(50);
+/// Longest a relay waits for the listeners of a broker that refuses connections to close.
+const LISTENER_CLOSE_WAIT: Duration = Duration::from_millis(100);
+
+/// After a broker closed an app's connection, and before the sidecar closes the app's side:
+/// a broker that now refuses connections (it died, or is restarting) has its listeners
+/// closed first, so the app's reconnect is refused at once, as it would be by the broker,
+/// and the client sends to another broker. Closed afterwards, the listener would accept
+/// that reconnect, take the request and drop it, and a Java client would wait for its
+/// request timeout (3 s) first. A broker that still accepts only closed this connection.
+async fn after_broker_closed(ctx: &RelayContext, upstream: &str) {
+    let limit = CLOSED_PROBE.min(ctx.connect_timeout);
+    let down = match tokio::time::timeout(limit, TcpStream::connect(upstream)).await {
+        // A broker being killed can keep its listening socket a moment longer than its
+        // connections: the probe lands in that socket's backlog and is reset right after.
+        // A live broker says nothing on a new connection, so quiet means alive.
+        Ok(Ok(probe)) => {
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(PROBE_SETTLE, probe.peek(&mut byte)).await {
+                Err(_) | Ok(Ok(1..)) => return,
+                Ok(Ok(_)) => "its new connection was closed at once".to_owned(),
+                Ok(Err(e)) => format!("its new connection failed: {e}"),
+            }
+        }
+        Ok(Err(e)) => format!("connect failed: {e}"),
+        Err(_) => format!("no connection within {} ms", limit.as_millis()),
+    };
+    tracing::info!(%upstream, reason = %down, "broker closed a connection and now refuses connections: closing its listeners before the app's connection");
+    ctx.upstream_refused_and_closed(upstream, LISTENER_CLOSE_WAIT)
+        .await;
 }
 
 /// How long after telling the app to rebalance the sidecar unregisters its groups from a

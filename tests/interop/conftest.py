@@ -10,6 +10,8 @@ Pairs (old = RocketMQ 4.9.7 servers, new = 5.3.3; see harness.py for why not 4.9
 * ``distinct``: OldCluster/old-broker-a (namesrv :29876, broker :30911) and
   NewCluster/new-broker-a (namesrv :39876, broker :40911)
 * ``same``: DefaultCluster/broker-a on both sides (namesrv :29886 / :39886, broker :30921 / :40921)
+* ``faults``: one cluster FaultCluster of two name servers (:29946, :39946) and two brokers
+  (fault-a :30991, fault-b :40991), each broker registered with both name servers
 * ``acl``: authenticated clusters: OldAclCluster/old-acl-broker with ACL 1.0 (namesrv :29896,
   broker :30931) and NewAclCluster/new-acl-broker with ACL 2.0 authentication + authorization
   (namesrv :39896, broker :40931), plus a RocketMQ Proxy 5.3.3 (cluster mode, authentication and
@@ -72,6 +74,17 @@ PAIR_LAYOUT = {
         "new": dict(namesrv=39926, broker=40971, broker_name="node-new-a", cluster_name="NodeNew",
                     extra_broker_conf={"brokerIP1": "10.244.77.1"}),
     },
+    # The fault suite's one cluster (tests/interop/test_faults.py): two name servers and two
+    # brokers, all 4.9.7. "old" is name server A with broker fault-a, "new" name server B with
+    # broker fault-b; both brokers register with both name servers ("one_cluster"), every 10 s
+    # (the default 30 s would only slow the recovery after the name servers come back).
+    "faults": {
+        "one_cluster": True,
+        "old": dict(namesrv=29946, broker=30991, broker_name="fault-a", cluster_name="FaultCluster",
+                    version=harness.OLD_SERVER_VERSION, extra_broker_conf={"registerNameServerPeriod": 10000}),
+        "new": dict(namesrv=39946, broker=40991, broker_name="fault-b", cluster_name="FaultCluster",
+                    version=harness.OLD_SERVER_VERSION, extra_broker_conf={"registerNameServerPeriod": 10000}),
+    },
     "acl": {
         "old": dict(namesrv=29896, broker=30931, broker_name="old-acl-broker", cluster_name="OldAclCluster",
                     auth=OLD_ACL),
@@ -117,6 +130,10 @@ class ClusterPairs:
                                      spec["cluster_name"], self.run_dir / "clusters" / kind / side,
                                      extra_broker_conf=spec.get("extra_broker_conf"),
                                      auth=spec.get("auth"), authorization=spec.get("authorization", False))
+        if layout.get("one_cluster"):
+            both = f"{clusters['old'].namesrv_addr};{clusters['new'].namesrv_addr}"
+            for c in clusters.values():
+                c.extra_broker_conf["namesrvAddr"] = both
         pair = ClusterPair(kind, clusters["old"], clusters["new"])
         proxy_port = layout["new"].get("proxy")
         try:
@@ -203,6 +220,13 @@ def pair_acl(cluster_pairs) -> ClusterPair:
 def pair_gates(cluster_pairs) -> ClusterPair:
     """Old 5.3.3 + new 4.9.7 whose brand-new groups start at the queues' end (see PAIR_LAYOUT)."""
     return cluster_pairs.get("gates")
+
+
+@pytest.fixture(scope="module")
+def pair_faults(cluster_pairs) -> ClusterPair:
+    """One 4.9.7 cluster of two name servers and two brokers (see PAIR_LAYOUT["faults"]);
+    module-wide: the fault suite stops and restarts its processes between tests."""
+    return cluster_pairs.get("faults")
 
 
 @pytest.fixture

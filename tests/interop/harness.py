@@ -133,6 +133,24 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
+def _size(path: Path) -> int:
+    """Size of a file in bytes (0 if missing)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _text_after(path: Path, offset: int) -> str:
+    """What was written to a file after ``offset`` ('' if missing)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def _sha(paths: Iterable[Path], extra: str = "") -> str:
     h = hashlib.sha256(extra.encode())
     for p in sorted(paths):
@@ -816,37 +834,61 @@ class Cluster:
         if self not in LOG_SOURCES:
             LOG_SOURCES.append(self)
 
-        ns_home, ns_user = self._prepare_home("namesrv", ["namesrv"])
-        ns_conf = self._dir("namesrv") / "namesrv.properties"
-        ns_conf.write_text(f"listenPort={self.namesrv_port}\n")
-        argv, env = self._java(ns_home, ns_user, ["-Xms128m", "-Xmx256m", "-XX:+UseG1GC"],
-                               "org.apache.rocketmq.namesrv.NamesrvStartup", ["-c", str(ns_conf)])
-        self.namesrv = ManagedProcess(f"{self.name}-namesrv", argv, cwd=self._dir("namesrv"),
-                                      log_path=self._dir("namesrv") / "namesrv.out", env=env).start()
-        log(f"{self.name}: name server {self.version} pid {self.namesrv.pid} on {self.namesrv_addr}")
-        wait_until(lambda: "The Name Server boot success" in tail(self.namesrv.log_path, 200),
-                   timeout, f"{self.name} name server boot banner", 0.25, self.namesrv.exited_reason)
-
-        br_home, br_user = self._prepare_home("broker", ["broker"])
-        if self.auth is not None and is_v4(self.version):
-            (br_home / "conf" / "plain_acl.yml").write_text(self.plain_acl_yml())
-        br_conf = self._dir("broker") / "broker.conf"
-        br_conf.write_text("".join(f"{k}={v}\n" for k, v in self.broker_conf().items()))
-        argv, env = self._java(br_home, br_user,
-                               ["-Xms512m", "-Xmx1g", "-XX:MaxDirectMemorySize=512m", "-XX:+UseG1GC"],
-                               "org.apache.rocketmq.broker.BrokerStartup", ["-c", str(br_conf)])
-        self.broker = ManagedProcess(f"{self.name}-broker", argv, cwd=self._dir("broker"),
-                                     log_path=self._dir("broker") / "broker.out", env=env).start()
-        log(f"{self.name}: broker {self.broker_name} pid {self.broker.pid} on {self.broker_addr}")
-        banner = f"The broker[{self.broker_name}, {self.broker_addr}] boot success"
-        remaining = max(10.0, timeout - (time.monotonic() - t0))
-        wait_until(lambda: banner in tail(self.broker.log_path, 400), remaining,
-                   f"{self.name} broker boot banner", 0.25, self.broker.exited_reason)
+        self.start_namesrv(timeout)
+        self.start_broker(max(10.0, timeout - (time.monotonic() - t0)))
         wait_until(self.broker_registered, 60, f"{self.broker_name} registered in {self.namesrv_addr}",
                    1.0, self.broker.exited_reason)
         self.started_in = time.monotonic() - t0
         log(f"{self.name}: up in {self.started_in:.1f}s ({self.cluster_name}/{self.broker_name})")
         return self
+
+    def start_namesrv(self, timeout: float = 60.0) -> None:
+        """Start the name server (again, after ``kill_namesrv``) and wait for its banner."""
+        if self.namesrv is None:
+            ns_home, ns_user = self._prepare_home("namesrv", ["namesrv"])
+            ns_conf = self._dir("namesrv") / "namesrv.properties"
+            ns_conf.write_text(f"listenPort={self.namesrv_port}\n")
+            argv, env = self._java(ns_home, ns_user, ["-Xms128m", "-Xmx256m", "-XX:+UseG1GC"],
+                                   "org.apache.rocketmq.namesrv.NamesrvStartup", ["-c", str(ns_conf)])
+            self.namesrv = ManagedProcess(f"{self.name}-namesrv", argv, cwd=self._dir("namesrv"),
+                                          log_path=self._dir("namesrv") / "namesrv.out", env=env)
+        since = _size(self.namesrv.log_path)
+        self.namesrv.start()
+        log(f"{self.name}: name server {self.version} pid {self.namesrv.pid} on {self.namesrv_addr}")
+        wait_until(lambda: "The Name Server boot success" in _text_after(self.namesrv.log_path, since),
+                   timeout, f"{self.name} name server boot banner", 0.25, self.namesrv.exited_reason)
+
+    def start_broker(self, timeout: float = 90.0) -> None:
+        """Start the broker (again, after ``kill_broker``: same store) and wait for its banner."""
+        if self.broker is None:
+            br_home, br_user = self._prepare_home("broker", ["broker"])
+            if self.auth is not None and is_v4(self.version):
+                (br_home / "conf" / "plain_acl.yml").write_text(self.plain_acl_yml())
+            br_conf = self._dir("broker") / "broker.conf"
+            br_conf.write_text("".join(f"{k}={v}\n" for k, v in self.broker_conf().items()))
+            argv, env = self._java(br_home, br_user,
+                                   ["-Xms512m", "-Xmx1g", "-XX:MaxDirectMemorySize=512m", "-XX:+UseG1GC"],
+                                   "org.apache.rocketmq.broker.BrokerStartup", ["-c", str(br_conf)])
+            self.broker = ManagedProcess(f"{self.name}-broker", argv, cwd=self._dir("broker"),
+                                         log_path=self._dir("broker") / "broker.out", env=env)
+        banner = f"The broker[{self.broker_name}, {self.broker_addr}] boot success"
+        since = _size(self.broker.log_path)
+        self.broker.start()
+        log(f"{self.name}: broker {self.broker_name} pid {self.broker.pid} on {self.broker_addr}")
+        wait_until(lambda: banner in _text_after(self.broker.log_path, since), timeout,
+                   f"{self.name} broker boot banner", 0.25, self.broker.exited_reason)
+
+    def kill_broker(self) -> None:
+        """SIGKILL the broker (a crash: no unregistration, no flush beyond the page cache)."""
+        if self.broker is not None:
+            self.broker.stop(10, sig=signal.SIGKILL)
+            log(f"{self.name}: broker {self.broker_name} killed")
+
+    def kill_namesrv(self) -> None:
+        """SIGKILL the name server (it forgets every registration)."""
+        if self.namesrv is not None:
+            self.namesrv.stop(10, sig=signal.SIGKILL)
+            log(f"{self.name}: name server {self.namesrv_addr} killed")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop broker and name server by PID (SIGTERM, bounded wait, SIGKILL)."""
