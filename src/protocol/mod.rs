@@ -26,6 +26,7 @@ pub mod route;
 pub mod wire;
 
 pub use frame::{
-    encode_frame, FrameDecoder, FrameError, RawFrame, SerializeType, DEFAULT_MAX_FRAME_BYTES,
+    encode_frame, encode_head, FrameDecoder, FrameError, OutFrame, RawFrame, SerializeType,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 pub use header::{Header, HeaderError};
