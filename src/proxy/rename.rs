@@ -18,6 +18,7 @@ use super::signing::may_be_refusal;
 use super::Signer;
 use crate::protocol::code::request;
 use crate::protocol::header::json_ext_starts_with;
+use crate::protocol::json_ext::ExtSplice;
 use crate::protocol::messages::{map_messages, map_properties};
 use crate::protocol::names::{map_broker_names, map_string_values};
 use crate::protocol::namespace::{self, Namespace};
@@ -181,6 +182,40 @@ impl FrameRewriter {
                 .any(|k| json_ext_starts_with(frame.header_bytes(), k, self.renamer.prefix()))
         {
             return Ok(unchanged(frame));
+        }
+        // A JSON request whose only changes are broker names in ext fields and the
+        // signature is scanned and spliced, never decoded, and its body goes out as it came
+        // (headers the scanner does not read are decoded below).
+        if frame.serialize_type() == SerializeType::Json
+            && ns_fields.is_empty()
+            && !ns_body
+            && ns_props.is_none()
+            && !matches!(code, request::LOCK_BATCH_MQ | request::UNLOCK_BATCH_MQ)
+        {
+            let body = frame.body();
+            let spliced = ExtSplice::scan(frame.header_bytes()).map(|mut ext| {
+                for key in keys {
+                    let mapped = ext
+                        .get(key)
+                        .and_then(|v| self.renamer.to_upstream(v))
+                        .map(str::to_owned);
+                    if let Some(name) = mapped {
+                        ext.set(key, name);
+                    }
+                }
+                // Signing comes last: the signature covers every ext value and the body.
+                if let Some(signer) = &self.signer {
+                    signer.sign_splice(&mut ext, &body);
+                }
+                ext.is_edited().then(|| ext.finish())
+            });
+            match spliced {
+                Some(Some(header)) => {
+                    return Ok(OutFrame::with_header(SerializeType::Json, &header, body))
+                }
+                Some(None) => return Ok(unchanged(frame)),
+                None => {}
+            }
         }
         let mut header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
         let mut changed = false;
