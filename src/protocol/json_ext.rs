@@ -19,9 +19,9 @@ use std::borrow::Cow;
 /// allows 127; a RocketMQ header nests at most twice).
 const MAX_DEPTH: usize = 32;
 
-/// Digits of an integer the scanner reads (`serde_json` turns longer ones into floats,
-/// which can be out of range).
-const MAX_INT_DIGITS: usize = 18;
+/// Digits of an integer the scanner reads: every u64 fits, and `serde_json` reads longer
+/// ones as floats, which can be out of range.
+const MAX_INT_DIGITS: usize = 20;
 
 /// One JSON header's ext fields, scanned, with pending edits.
 #[derive(Debug, Clone)]
@@ -198,6 +198,7 @@ impl<'a> ExtSplice<'a> {
         let h = self.header;
         let mut out = Vec::with_capacity(h.len() + 32 * self.added.len() + 64);
         match self.place {
+            Place::Absent { .. } if self.added.is_empty() => out.extend_from_slice(h),
             Place::Absent { close } => {
                 out.extend_from_slice(&h[..close]);
                 // Scanning needs `code`: the object has a member before this one.
@@ -444,11 +445,18 @@ impl<'a> Cursor<'a> {
             self.eat_word(b"null")?;
             return Some(None);
         }
-        self.int_text().map(Some)
+        let text = self.int_text()?;
+        std::str::from_utf8(text)
+            .ok()?
+            .parse::<i64>()
+            .ok()
+            .map(Some)
     }
 
-    /// `-?(0|[1-9][0-9]*)` not followed by a fraction or exponent, in i64 range.
-    fn int_text(&mut self) -> Option<i64> {
+    /// `-?(0|[1-9][0-9]*)` not followed by a fraction or exponent, at most
+    /// [`MAX_INT_DIGITS`] digits: its text, sign included.
+    fn int_text(&mut self) -> Option<&'a [u8]> {
+        let from = self.i;
         let negative = self.peek()? == b'-';
         if negative {
             self.i += 1;
@@ -467,8 +475,7 @@ impl<'a> Cursor<'a> {
         if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
             return None;
         }
-        let n = std::str::from_utf8(digits).ok()?.parse::<i64>().ok()?;
-        Some(if negative { -n } else { n })
+        Some(&self.b[from..self.i])
     }
 
     /// Skips one value of any JSON type (floats excepted).
@@ -585,6 +592,7 @@ mod tests {
         let h = br#"{"code":34,"flag":0,"language":"JAVA","opaque":3}"#;
         let mut s = ExtSplice::scan(h).unwrap();
         assert_eq!(s.fields().count(), 0);
+        assert_eq!(s.finish(), h.to_vec(), "nothing added, nothing written");
         s.set("AccessKey", "ak".into());
         let out = s.finish();
         assert_eq!(
