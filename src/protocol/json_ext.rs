@@ -262,7 +262,7 @@ fn push_member(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &str) {
 }
 
 /// Appends `s` as a JSON string literal.
-pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();
