@@ -356,7 +356,7 @@ async fn redirect(ctx: &RelayContext, target: Target, frame: RawFrame) -> Bytes 
             .await
             .map_err(|e| format!("connect failed: {e}"))?;
         stream
-            .write_all(&header.encode_frame(&body))
+            .write_all_buf(&mut header.encode_split(body).into_buf())
             .await
             .map_err(|e| format!("write failed: {e}"))?;
         let mut buf = BytesMut::with_capacity(4096);
