@@ -1,5 +1,6 @@
 //! ACL credentials: loading from values and files, reload across a kubelet-style
-//! `..data` symlink swap, and broken updates that keep the last good credentials.
+//! `..data` symlink swap, and broken updates that keep the last good credentials; the
+//! rewriter's signing of JSON requests by splicing, against the decoding path.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -164,5 +165,110 @@ fn signatures_match_the_official_java_implementation() {
                 }
             }
         }
+    }
+}
+
+/// A rewriter for a cluster with prefix `new~` and credentials (the 5.x rule).
+fn signing_rewriter() -> rocketmq_sidecar::proxy::rename::FrameRewriter {
+    use rocketmq_sidecar::config::UniqueKeyRuleSetting;
+    use rocketmq_sidecar::metrics::Metrics;
+    use rocketmq_sidecar::proxy::rename::{FrameRewriter, Renamer};
+    use rocketmq_sidecar::proxy::signing::Signer;
+    use rocketmq_sidecar::Target;
+    use std::sync::Arc;
+
+    let store = CredentialStore::new(CredentialSources {
+        access_key: Some(Source::Value("sidecar-ak".into())),
+        secret_key: Some(Source::Value("sidecar-sk".into())),
+        security_token: Some(Source::Value("sts".into())),
+    })
+    .unwrap();
+    let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+    let signer = Signer::new(Target::New, store, UniqueKeyRuleSetting::V5, metrics);
+    FrameRewriter::new(Renamer::new("new~"), Some(Arc::new(signer)), None)
+}
+
+/// What the decoding path makes of `header`: names without the prefix, then signed.
+fn decoded_and_signed(
+    form: rocketmq_sidecar::protocol::SerializeType,
+    header: &[u8],
+    body: &[u8],
+) -> rocketmq_sidecar::protocol::Header {
+    use rocketmq_sidecar::acl::{sign_request, Credentials, SecretKey, UniqueKeyRule};
+    let mut h = rocketmq_sidecar::protocol::Header::decode(form, header).unwrap();
+    for key in ["bname", "n"] {
+        if let Some(v) = h
+            .ext(key)
+            .and_then(|v| v.strip_prefix("new~"))
+            .map(str::to_owned)
+        {
+            h.set_ext(key, v);
+        }
+    }
+    let creds = Credentials {
+        access_key: "sidecar-ak".into(),
+        secret_key: SecretKey::new("sidecar-sk"),
+        security_token: Some("sts".into()),
+    };
+    sign_request(&mut h, body, &creds, UniqueKeyRule::ByRequestVersion);
+    h
+}
+
+#[test]
+fn the_rewriter_splices_json_requests_and_agrees_with_the_decoding_path() {
+    use rocketmq_sidecar::acl::{signature, SecretKey, UniqueKeyRule};
+    use rocketmq_sidecar::protocol::{encode_frame, Header, OutFrame, RawFrame, SerializeType};
+
+    let rw = signing_rewriter();
+    let body: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 241) as u8).collect();
+    // Not in the order `Header::to_json` writes, with whitespace: a decode and re-encode
+    // would not keep these bytes.
+    let spliced_json = br#"{"version":409, "code":310,"language":"JAVA","extFields":{"a":"PG","b":"T","n":"new~broker-a","AccessKey":"app","Signature":"bogus","SecurityToken":"app-sts","e":"caf\u00e9"},"opaque":7, "flag":0,"serializeTypeCurrentRPC":"JSON"}"#;
+    // C++ puts numbers into extFields: the scanner leaves those to the full decode.
+    let cpp_json = br#"{"code":310,"extFields":{"a":"PG","b":"T","n":"new~broker-a","d":4},"flag":0,"language":"CPP","opaque":8,"version":409}"#;
+    let binary = Header::decode(SerializeType::Json, spliced_json)
+        .unwrap()
+        .to_binary();
+    let cases: [(SerializeType, &[u8], bool); 3] = [
+        (SerializeType::Json, spliced_json, true),
+        (SerializeType::Json, cpp_json, false),
+        (SerializeType::RocketMq, &binary, false),
+    ];
+    for (form, header, splices) in cases {
+        let raw = encode_frame(form, header, &body);
+        let frame = RawFrame::parse(raw, usize::MAX).unwrap();
+        let body_at = frame.body().as_ptr();
+        let out = rw.client_to_broker(frame).unwrap();
+        let OutFrame::Split {
+            head,
+            body: sent_body,
+        } = &out
+        else {
+            panic!("a signed frame is a new head and the body: {out:?}");
+        };
+        assert_eq!(sent_body.as_ptr(), body_at, "the body is not copied");
+        if splices {
+            // Everything before the ext object is as it came.
+            let at = header
+                .windows(13)
+                .position(|w| w == b"\"extFields\":{")
+                .unwrap();
+            assert_eq!(&head[8..8 + at + 13], &header[..at + 13]);
+            assert!(head.ends_with(br#"},"opaque":7, "flag":0,"serializeTypeCurrentRPC":"JSON"}"#));
+        }
+        let sent = RawFrame::parse(out.into_bytes(), usize::MAX).unwrap();
+        assert_eq!(&sent.body()[..], &body[..]);
+        let h = Header::decode(SerializeType::Json, sent.header_bytes()).unwrap();
+        assert_eq!(h, decoded_and_signed(form, header, &body), "{form:?}");
+        assert_eq!(h.ext("n"), Some("broker-a"));
+        assert_eq!(h.ext("SecurityToken"), Some("sts"));
+        let expected = signature(
+            h.ext_fields.as_ref().unwrap(),
+            &body,
+            &SecretKey::new("sidecar-sk"),
+            UniqueKeyRule::ByRequestVersion,
+            409,
+        );
+        assert_eq!(h.ext("Signature"), Some(expected.as_str()));
     }
 }

@@ -2,7 +2,8 @@
 //! 5.x broker: requests to a cluster with credentials are re-signed after every rewrite,
 //! requests to a cluster without credentials pass byte for byte, broker requests and
 //! responses are never touched, credential files are reloaded, the credential check
-//! reports each outcome, and the SecretKey appears nowhere.
+//! reports each outcome, and the SecretKey appears nowhere. A large request that is renamed
+//! and re-signed reaches the broker exactly as expected, its body as the app sent it.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -291,4 +292,68 @@ async fn swapped_access_and_secret_keys_are_diagnosed_not_swapped() {
     // The 5.x remark echoes the AccessKey it got, which here is the secret: scrubbed.
     assert!(!body.contains(SK), "{body}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn a_large_request_is_renamed_and_re_signed_and_reaches_the_broker_byte_for_byte() {
+    use rocketmq_sidecar::acl::{signature, SecretKey, UniqueKeyRule};
+    use rocketmq_sidecar::protocol::{encode_frame, SerializeType};
+
+    let dir = tempdir("large");
+    std::fs::write(dir.join("secretKey"), format!("{SK}\n")).unwrap();
+    let (broker, _new_ns, sidecar) = acl_setup(&dir, "127.97.0.0/16").await;
+    let local = local_master(sidecar.namesrv_addr, "T").await;
+    let mut app = FrameClient::connect(local).await;
+
+    // 3 MiB: far past the relay's batch of small frames, so it leaves as the new head and
+    // the body it arrived with, in vectored writes.
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(7) % 251) as u8)
+        .collect();
+    let header = r#"{"code":310,"extFields":{"a":"PG","b":"T","n":"new~broker-a","AccessKey":"app-key","Signature":"bogus"},"flag":0,"language":"JAVA","opaque":77,"version":409}"#;
+    app.send_raw(&encode_frame(SerializeType::Json, header.as_bytes(), &body))
+        .await;
+    loop {
+        let f = app.next().await.expect("an answer");
+        if f.is_response() && f.opaque() == 77 {
+            let h = header_of(&f);
+            assert_eq!(h.code, 0, "the broker authenticated it: {:?}", h.remark);
+            break;
+        }
+    }
+
+    // What the broker must receive: the app's header with the name unprefixed, our
+    // AccessKey in place of the app's, the app's Signature replaced by ours at the end;
+    // every other byte as the app sent it, and the body unchanged.
+    let ext: serde_json::Map<String, Value> = [
+        ("a", "PG"),
+        ("b", "T"),
+        ("n", "broker-a"),
+        ("AccessKey", AK),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), Value::from(*v)))
+    .collect();
+    let sig = signature(
+        &ext,
+        &body,
+        &SecretKey::new(SK),
+        UniqueKeyRule::ByRequestVersion,
+        409,
+    );
+    let expected_header = format!(
+        r#"{{"code":310,"extFields":{{"a":"PG","b":"T","n":"broker-a","AccessKey":"{AK}","Signature":"{sig}"}},"flag":0,"language":"JAVA","opaque":77,"version":409}}"#
+    );
+    let expected = encode_frame(SerializeType::Json, expected_header.as_bytes(), &body);
+    let seen = broker.seen_code(310);
+    let (_, _, raw) = seen
+        .iter()
+        .find(|(h, _, _)| h.opaque == 77)
+        .expect("the broker got the request");
+    assert_eq!(raw.len(), expected.len());
+    assert_eq!(
+        &raw[..8 + expected_header.len()],
+        &expected[..8 + expected_header.len()]
+    );
+    assert!(raw[..] == expected[..], "the body differs");
 }

@@ -5,12 +5,18 @@
 //! Asserts: no panic; signing twice, or signing the original again, gives the same header;
 //! only AccessKey, SecurityToken and Signature change; the signature is what a server
 //! recomputes (`acl::signature`) from the JSON header the sidecar sends, and from the
-//! binary form when it can carry the header.
+//! binary form when it can carry the header. For JSON headers, the splice path
+//! (`acl::sign_json_header`, no decode) either declines or gives a header that decodes to
+//! the same header as the decoding path (so the same signature); it never accepts a header
+//! the decoder rejects, and unedited it gives back the bytes it read.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use rocketmq_sidecar::acl::sign::{ACCESS_KEY, SECURITY_TOKEN, SIGNATURE};
-use rocketmq_sidecar::acl::{sign_request, signature, Credentials, SecretKey, UniqueKeyRule};
+use rocketmq_sidecar::acl::{
+    sign_json_header, sign_request, signature, Credentials, SecretKey, UniqueKeyRule,
+};
+use rocketmq_sidecar::protocol::json_ext::ExtSplice;
 use rocketmq_sidecar::protocol::{Header, SerializeType};
 use rocketmq_sidecar_fuzz::{binary_can_carry, header_eq};
 
@@ -56,7 +62,21 @@ fuzz_target!(|data: &[u8]| {
         secret_key: SecretKey::new("12345678"),
         security_token: (flags & 4 != 0).then(|| "sts-token".to_owned()),
     };
+    let spliced = match form {
+        SerializeType::Json => sign_json_header(header, body, &creds, rule),
+        SerializeType::RocketMq => None,
+    };
+    if form == SerializeType::Json {
+        if let Some(scan) = ExtSplice::scan(header) {
+            let same = scan.finish() == header;
+            assert!(same, "an unedited splice changed the header");
+        }
+    }
     let Ok(original) = Header::decode(form, header) else {
+        assert!(
+            spliced.is_none(),
+            "the splice path signed a header the decoder rejects"
+        );
         return;
     };
 
@@ -94,6 +114,18 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert_eq!(stripped, orig, "signing changed more than the ACL fields");
+
+    if let Some(spliced) = &spliced {
+        let h = match Header::decode(SerializeType::Json, spliced) {
+            Ok(h) => h,
+            Err(e) => panic!("the spliced header does not decode: {e}"),
+        };
+        assert!(
+            header_eq(&h, &signed),
+            "the splice path and the decoding path disagree"
+        );
+        server_verifies(spliced, SerializeType::Json, body, &creds, rule);
+    }
 
     server_verifies(&signed.to_json(), SerializeType::Json, body, &creds, rule);
     if binary_can_carry(&signed) {

@@ -4,4 +4,7 @@
 pub mod credentials;
 pub mod sign;
 
-pub use sign::{sign_request, signature, Credentials, SecretKey, UniqueKeyRule};
+pub use sign::{
+    sign_json_header, sign_request, sign_splice, signature, signature_over, Credentials, SecretKey,
+    UniqueKeyRule,
+};

@@ -10,6 +10,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha1::Sha1;
 
+use crate::protocol::json_ext::ExtSplice;
 use crate::protocol::Header;
 
 /// Ext field carrying the AccessKey.
@@ -92,6 +93,36 @@ pub fn sign_request(header: &mut Header, body: &[u8], creds: &Credentials, rule:
     ext.insert(SIGNATURE.to_owned(), Value::String(sig));
 }
 
+/// [`sign_request`] on a scanned JSON header: the client's `AccessKey`, `Signature` and
+/// `SecurityToken` give way to ours, and the signature is computed over the fields as
+/// they are after every other edit already made on `ext` (rewrites come first).
+/// [`ExtSplice::finish`] then writes the header; it decodes to what [`sign_request`]
+/// makes of the decoded header.
+pub fn sign_splice(ext: &mut ExtSplice<'_>, body: &[u8], creds: &Credentials, rule: UniqueKeyRule) {
+    ext.remove(SIGNATURE);
+    ext.remove(SECURITY_TOKEN);
+    ext.set(ACCESS_KEY, creds.access_key.clone());
+    if let Some(token) = &creds.security_token {
+        ext.set(SECURITY_TOKEN, token.clone());
+    }
+    let sig = signature_over(ext.fields(), body, &creds.secret_key, rule, ext.version());
+    ext.set(SIGNATURE, sig);
+}
+
+/// Signs a JSON header without decoding it: one scan, the signature, and the header
+/// spliced (see [`ExtSplice`]). `None` when the scanner does not read this header (a
+/// non-string ext value, duplicate keys, ...): decode it and use [`sign_request`].
+pub fn sign_json_header(
+    header: &[u8],
+    body: &[u8],
+    creds: &Credentials,
+    rule: UniqueKeyRule,
+) -> Option<Vec<u8>> {
+    let mut ext = ExtSplice::scan(header)?;
+    sign_splice(&mut ext, body, creds, rule);
+    Some(ext.finish())
+}
+
 /// The signature a server with `rule` expects for `ext` + `body` from a client at
 /// `version`.
 pub fn signature(
@@ -101,19 +132,33 @@ pub fn signature(
     rule: UniqueKeyRule,
     version: i32,
 ) -> String {
+    signature_over(
+        ext.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default())),
+        body,
+        secret,
+        rule,
+        version,
+    )
+}
+
+/// [`signature`] over ext fields given as (key, value) pairs with distinct keys.
+pub fn signature_over<'a>(
+    ext: impl Iterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+    secret: &SecretKey,
+    rule: UniqueKeyRule,
+    version: i32,
+) -> String {
     let skip_unique = match rule {
         UniqueKeyRule::Excluded => true,
         UniqueKeyRule::ByRequestVersion => version <= V4_9_3,
     };
-    // Java sorts with a TreeMap<String, String>: UTF-16 code unit order.
-    let mut entries: Vec<(&String, &str)> = ext
-        .iter()
-        .filter(|(k, _)| {
-            k.as_str() != SIGNATURE && !(skip_unique && k.as_str() == UNIQUE_KEY_QUERY)
-        })
-        .map(|(k, v)| (k, v.as_str().unwrap_or_default()))
+    let mut entries: Vec<(&str, &str)> = ext
+        .filter(|(k, _)| *k != SIGNATURE && !(skip_unique && *k == UNIQUE_KEY_QUERY))
         .collect();
-    entries.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    // Java sorts with a TreeMap<String, String>: UTF-16 code unit order.
+    entries.sort_unstable_by(|a, b| java_order(a.0, b.0));
     let mut mac = match Hmac::<Sha1>::new_from_slice(secret.expose().as_bytes()) {
         Ok(m) => m,
         Err(_) => return String::new(), // HMAC takes keys of any length; unreachable
@@ -123,6 +168,17 @@ pub fn signature(
     }
     mac.update(body);
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Java's `String.compareTo`: UTF-16 code unit order. UTF-8 byte order is the same
+/// except between supplementary characters and U+E000..U+FFFF, so ASCII keys (all the
+/// real ones) compare as bytes.
+fn java_order(a: &str, b: &str) -> std::cmp::Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        a.cmp(b)
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +220,47 @@ mod tests {
             signature(&e, b"hello", &sk, UniqueKeyRule::ByRequestVersion, 409),
             "w9ziGY01ldoQNtjvh4SngVqDeHo="
         );
+    }
+
+    #[test]
+    fn keys_sort_in_utf16_order() {
+        use std::cmp::Ordering::*;
+        assert_eq!(java_order("AccessKey", "a"), Less);
+        assert_eq!(java_order("b", "a"), Greater);
+        // U+FF5E is above every supplementary character's lead surrogate in UTF-16, though
+        // below it in UTF-8 (and code points).
+        assert_eq!(java_order("\u{ff5e}", "\u{1f600}"), Greater);
+        assert_eq!(java_order("a\u{ff5e}", "a"), Greater);
+    }
+
+    #[test]
+    fn the_splice_signs_like_the_decoded_header() {
+        let creds = Credentials {
+            access_key: "RocketMQ".into(),
+            secret_key: SecretKey::new("12345678"),
+            security_token: None,
+        };
+        let json = br#"{"code":310,"extFields":{"AccessKey":"app","Signature":"x","SecurityToken":"t","a":"PG","b":"TopicTest","n":"broker-a"},"version":409}"#;
+        let spliced =
+            sign_json_header(json, b"hello", &creds, UniqueKeyRule::ByRequestVersion).unwrap();
+        let mut h = Header::decode(crate::protocol::SerializeType::Json, json).unwrap();
+        sign_request(&mut h, b"hello", &creds, UniqueKeyRule::ByRequestVersion);
+        let d = Header::decode(crate::protocol::SerializeType::Json, &spliced).unwrap();
+        assert_eq!(d, h);
+        assert_eq!(d.ext(SECURITY_TOKEN), None);
+        let expected = signature(
+            &ext(&[
+                ("AccessKey", "RocketMQ"),
+                ("a", "PG"),
+                ("b", "TopicTest"),
+                ("n", "broker-a"),
+            ]),
+            b"hello",
+            &creds.secret_key,
+            UniqueKeyRule::ByRequestVersion,
+            409,
+        );
+        assert_eq!(d.ext(SIGNATURE), Some(expected.as_str()));
     }
 
     #[test]

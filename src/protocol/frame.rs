@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::header::{peek_summary, FrameSummary, HeaderError};
-pub use super::wire::{encode_frame, encode_json_frame, SerializeType};
+pub use super::wire::{encode_frame, encode_head, encode_json_frame, OutFrame, SerializeType};
 
 /// Default frame limit, the same as Java's `com.rocketmq.remoting.frameMaxLength`
 /// (16 MiB, the 4-byte length prefix included).
@@ -135,6 +135,12 @@ impl RawFrame {
     /// The same frame, header bytes and serialize type untouched, with another body.
     pub fn with_body(&self, body: &[u8]) -> Bytes {
         encode_frame(self.serialize_type(), self.header_bytes(), body)
+    }
+
+    /// The same frame, header bytes and serialize type untouched, with another body that
+    /// is not copied (only the length words and the header are).
+    pub fn with_new_body(&self, body: Bytes) -> OutFrame {
+        OutFrame::with_header(self.serialize_type(), self.header_bytes(), body)
     }
 
     /// How the header is serialised.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::code::{language_name, FLAG_ONEWAY, FLAG_RESPONSE};
-use super::wire::{encode_json_frame, SerializeType};
+use super::wire::{encode_json_frame, OutFrame, SerializeType};
 
 /// Ext fields: string keys to string values, in arrival order, last duplicate winning.
 pub type ExtFields = Map<String, Value>;
@@ -350,6 +350,11 @@ impl Header {
     /// Builds a complete JSON frame with this header and `body`.
     pub fn encode_frame(&self, body: &[u8]) -> Bytes {
         encode_json_frame(&self.to_json(), body)
+    }
+
+    /// A JSON frame with this header followed by `body`, the body not copied.
+    pub fn encode_split(&self, body: Bytes) -> OutFrame {
+        OutFrame::with_header(SerializeType::Json, &self.to_json(), body)
     }
 }
 

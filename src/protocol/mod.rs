@@ -3,6 +3,7 @@
 //!
 //! - [`wire`]: the frame's fixed layout (length words, serialize type) and its encoders.
 //! - [`header`]: the header in both forms (JSON, ROCKETMQ binary), unknown fields kept.
+//! - [`json_ext`]: a JSON header's ext fields read in one pass and edited in place.
 //! - [`frame`]: one frame as the bytes it arrived as, and the bounded decoder.
 //! - [`code`]: request and response codes, flag bits.
 //! - [`route`]: route, cluster-info and topic-list bodies, read leniently, rewritten.
@@ -17,6 +18,7 @@ pub mod code;
 pub mod frame;
 pub mod header;
 pub mod heartbeat;
+pub mod json_ext;
 pub mod messages;
 pub mod names;
 pub mod namespace;
@@ -24,6 +26,7 @@ pub mod route;
 pub mod wire;
 
 pub use frame::{
-    encode_frame, FrameDecoder, FrameError, RawFrame, SerializeType, DEFAULT_MAX_FRAME_BYTES,
+    encode_frame, encode_head, FrameDecoder, FrameError, OutFrame, RawFrame, SerializeType,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 pub use header::{Header, HeaderError};

@@ -22,7 +22,7 @@ use super::roles::{RoleFilter, Upward};
 use super::RelayContext;
 use crate::metrics::{code_group, response_code_label, Metrics};
 use crate::protocol::code::{request, request_name, response};
-use crate::protocol::{FrameDecoder, FrameError, Header, HeaderError, RawFrame};
+use crate::protocol::{FrameDecoder, FrameError, Header, HeaderError, OutFrame, RawFrame};
 use prometheus::IntCounter;
 use rmq_common::Target;
 
@@ -214,7 +214,7 @@ async fn relay_connected(
             };
             match &rw_up {
                 Some(rw) => rw.client_to_broker(f).map(Some),
-                None => Ok(Some(f.into_bytes())),
+                None => Ok(Some(OutFrame::Whole(f.into_bytes()))),
             }
         },
     );
@@ -234,11 +234,11 @@ async fn relay_connected(
             }
             if let Some(with_me) = roles_down.member_list_answer(&f) {
                 // A member list names no broker: renaming and signing do not apply.
-                return Ok(Some(with_me));
+                return Ok(Some(OutFrame::Whole(with_me)));
             }
             match &rw_down {
                 Some(rw) => rw.broker_to_client(f).map(Some),
-                None => Ok(Some(f.into_bytes())),
+                None => Ok(Some(OutFrame::Whole(f.into_bytes()))),
             }
         },
     );
@@ -399,7 +399,7 @@ async fn redirect(ctx: &RelayContext, target: Target, frame: RawFrame) -> Bytes 
             .await
             .map_err(|e| format!("connect failed: {e}"))?;
         stream
-            .write_all(&header.encode_frame(&body))
+            .write_all_buf(&mut header.encode_split(body).into_buf())
             .await
             .map_err(|e| format!("write failed: {e}"))?;
         let mut buf = BytesMut::with_capacity(4096);
@@ -620,6 +620,15 @@ async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, batch: &mut BytesMut) -> std::
     Ok(())
 }
 
+/// Writes one frame: a split frame (a new head before the body it arrived with) in
+/// vectored writes, partial writes continued where they stopped.
+async fn write_frame<W: AsyncWrite + Unpin>(wr: &mut W, out: OutFrame) -> std::io::Result<()> {
+    match out {
+        OutFrame::Whole(bytes) => wr.write_all(&bytes).await,
+        split => wr.write_all_buf(&mut split.into_buf()).await,
+    }
+}
+
 /// Reads frames from `rd`, passes each through `transform` and writes what it returns to
 /// `wr` (`None`: nothing to send). Frames from `inject` are written between frames.
 pub async fn pump<R, W, F>(
@@ -632,11 +641,12 @@ pub async fn pump<R, W, F>(
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    F: Fn(RawFrame) -> Result<Option<Bytes>, HeaderError>,
+    F: Fn(RawFrame) -> Result<Option<OutFrame>, HeaderError>,
 {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // Small frames decoded from one read leave in one write (one syscall, not one each);
-    // large frames are written as they are, without a copy.
+    // large frames are written as they are, without a copy (a changed one as its new head
+    // and its original body, in one vectored write).
     let mut batch = BytesMut::with_capacity(BATCH_BYTES);
     let mut decoder = FrameDecoder::new(limits.max_frame);
     // When the incomplete frame at the head of `buf` began to arrive.
@@ -653,13 +663,13 @@ where
                         Err(e) => return PumpEnd::Rewrite(e),
                     };
                     if batch.len() + out.len() <= BATCH_BYTES {
-                        batch.extend_from_slice(&out);
+                        out.copy_into(&mut batch);
                         continue;
                     }
                     if let Err(e) = flush(&mut wr, &mut batch).await {
                         return PumpEnd::Write(e);
                     }
-                    if let Err(e) = wr.write_all(&out).await {
+                    if let Err(e) = write_frame(&mut wr, out).await {
                         return PumpEnd::Write(e);
                     }
                 }
@@ -838,7 +848,7 @@ async fn pump_to_client<R, W, F>(
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    F: Fn(RawFrame) -> Result<Option<Bytes>, HeaderError>,
+    F: Fn(RawFrame) -> Result<Option<OutFrame>, HeaderError>,
 {
     let (tx, rx) = mpsc::channel::<Bytes>(INJECTED_QUEUE);
     let activity = activity.clone();
@@ -862,5 +872,112 @@ where
     tokio::select! {
         end = pump(rd, wr, limits, Some(rx), transform) => end,
         _ = forward => PumpEnd::Closed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::protocol::{encode_frame, SerializeType};
+
+    /// Takes at most `per_call` bytes per write, like a socket with a full send buffer.
+    struct Trickle {
+        out: Vec<u8>,
+        per_call: usize,
+        vectored_calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.per_call);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.vectored_calls += 1;
+            let mut left = self.per_call;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.out.extend_from_slice(&b[..n]);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            let written = self.per_call - left;
+            Poll::Ready(Ok(written))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn changed_frames_leave_as_new_head_and_original_body_through_partial_writes() {
+        // Two large frames (vectored path) around two small ones (batched).
+        let bodies: Vec<Vec<u8>> = vec![
+            (0..100_000u32).map(|i| (i % 251) as u8).collect(),
+            b"small".to_vec(),
+            Vec::new(),
+            (0..40_000u32).map(|i| (i % 13) as u8).collect(),
+        ];
+        let mut input = Vec::new();
+        let mut expected = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            let old = format!("{{\"code\":{i},\"opaque\":{i}}}");
+            input.extend_from_slice(&encode_frame(SerializeType::Json, old.as_bytes(), body));
+            let new = format!("{{\"code\":{i},\"opaque\":{i},\"extFields\":{{\"n\":\"x\"}}}}");
+            expected.extend_from_slice(&encode_frame(SerializeType::Json, new.as_bytes(), body));
+        }
+        let mut wr = Trickle {
+            out: Vec::new(),
+            per_call: 997,
+            vectored_calls: 0,
+        };
+        let limits = PumpLimits {
+            max_frame: 1 << 20,
+            partial_frame: Duration::from_secs(5),
+            budget: None,
+        };
+        let end = pump(&input[..], &mut wr, limits, None, |f: RawFrame| {
+            let new = format!(
+                "{{\"code\":{},\"opaque\":{},\"extFields\":{{\"n\":\"x\"}}}}",
+                f.code(),
+                f.opaque()
+            );
+            Ok(Some(OutFrame::with_header(
+                SerializeType::Json,
+                new.as_bytes(),
+                f.body(),
+            )))
+        })
+        .await;
+        assert!(matches!(end, PumpEnd::Closed), "{end}");
+        assert_eq!(wr.out.len(), expected.len());
+        assert!(wr.out == expected, "the bytes written differ");
+        // 140 kB at 997 bytes a call: the large frames went out in vectored writes.
+        assert!(wr.vectored_calls >= 140_000 / 997, "{}", wr.vectored_calls);
     }
 }

@@ -18,10 +18,11 @@ use super::signing::may_be_refusal;
 use super::Signer;
 use crate::protocol::code::request;
 use crate::protocol::header::json_ext_starts_with;
+use crate::protocol::json_ext::ExtSplice;
 use crate::protocol::messages::{map_messages, map_properties};
 use crate::protocol::names::{map_broker_names, map_string_values};
 use crate::protocol::namespace::{self, Namespace};
-use crate::protocol::{Header, HeaderError, RawFrame, SerializeType};
+use crate::protocol::{Header, HeaderError, OutFrame, RawFrame, SerializeType};
 
 /// Upper bound on remembered in-flight requests per connection.
 const MAX_TRACKED: usize = 4096;
@@ -109,7 +110,7 @@ impl FrameRewriter {
     }
 
     /// A frame going from the app to the broker.
-    pub fn client_to_broker(&self, frame: RawFrame) -> Result<Bytes, HeaderError> {
+    pub fn client_to_broker(&self, frame: RawFrame) -> Result<OutFrame, HeaderError> {
         if frame.is_response() {
             let code = take(&self.broker_requests, frame.opaque());
             if code.is_some() {
@@ -129,10 +130,10 @@ impl FrameRewriter {
                     }
                 }
                 if changed {
-                    return Ok(frame.with_body(&body));
+                    return Ok(frame.with_new_body(body));
                 }
             }
-            return Ok(frame.into_bytes());
+            return Ok(unchanged(frame));
         }
         let code = frame.code();
         let answers_with_names = matches!(
@@ -180,7 +181,41 @@ impl FrameRewriter {
                 .iter()
                 .any(|k| json_ext_starts_with(frame.header_bytes(), k, self.renamer.prefix()))
         {
-            return Ok(frame.into_bytes());
+            return Ok(unchanged(frame));
+        }
+        // A JSON request whose only changes are broker names in ext fields and the
+        // signature is scanned and spliced, never decoded, and its body goes out as it came
+        // (headers the scanner does not read are decoded below).
+        if frame.serialize_type() == SerializeType::Json
+            && ns_fields.is_empty()
+            && !ns_body
+            && ns_props.is_none()
+            && !matches!(code, request::LOCK_BATCH_MQ | request::UNLOCK_BATCH_MQ)
+        {
+            let body = frame.body();
+            let spliced = ExtSplice::scan(frame.header_bytes()).map(|mut ext| {
+                for key in keys {
+                    let mapped = ext
+                        .get(key)
+                        .and_then(|v| self.renamer.to_upstream(v))
+                        .map(str::to_owned);
+                    if let Some(name) = mapped {
+                        ext.set(key, name);
+                    }
+                }
+                // Signing comes last: the signature covers every ext value and the body.
+                if let Some(signer) = &self.signer {
+                    signer.sign_splice(&mut ext, &body);
+                }
+                ext.is_edited().then(|| ext.finish())
+            });
+            match spliced {
+                Some(Some(header)) => {
+                    return Ok(OutFrame::with_header(SerializeType::Json, &header, body))
+                }
+                Some(None) => return Ok(unchanged(frame)),
+                None => {}
+            }
         }
         let mut header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
         let mut changed = false;
@@ -237,14 +272,14 @@ impl FrameRewriter {
             }
         }
         if changed {
-            Ok(header.encode_frame(&body))
+            Ok(header.encode_split(body))
         } else {
-            Ok(frame.into_bytes())
+            Ok(unchanged(frame))
         }
     }
 
     /// A frame going from the broker to the app.
-    pub fn broker_to_client(&self, frame: RawFrame) -> Result<Bytes, HeaderError> {
+    pub fn broker_to_client(&self, frame: RawFrame) -> Result<OutFrame, HeaderError> {
         if frame.is_response() && may_be_refusal(frame.code()) {
             if let Some(signer) = &self.signer {
                 if let Ok(h) = Header::decode(frame.serialize_type(), frame.header_bytes()) {
@@ -254,7 +289,7 @@ impl FrameRewriter {
         }
         if frame.is_response() {
             let Some(code) = take(&self.client_requests, frame.opaque()) else {
-                return Ok(frame.into_bytes());
+                return Ok(unchanged(frame));
             };
             let mut body = frame.body();
             let mut changed = false;
@@ -286,9 +321,9 @@ impl FrameRewriter {
                 }
             }
             return Ok(if changed {
-                frame.with_body(&body)
+                frame.with_new_body(body)
             } else {
-                frame.into_bytes()
+                unchanged(frame)
             });
         }
         if let Some(ns) = &self.namespace {
@@ -300,21 +335,21 @@ impl FrameRewriter {
                 let mut header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
                 if let Some(name) = header.ext("brokerName").map(|n| self.renamer.to_client(n)) {
                     header.set_ext("brokerName", name);
-                    return Ok(header.encode_frame(&frame.body()));
+                    return Ok(header.encode_split(frame.body()));
                 }
-                Ok(frame.into_bytes())
+                Ok(unchanged(frame))
             }
             request::GET_CONSUMER_RUNNING_INFO => {
                 track(&self.broker_requests, frame.opaque(), frame.code());
-                Ok(frame.into_bytes())
+                Ok(unchanged(frame))
             }
             request::RESET_CONSUMER_CLIENT_OFFSET => {
                 match map_broker_names(&frame.body(), &|n| Some(self.renamer.to_client(n))) {
-                    Some(body) => Ok(frame.with_body(&body)),
-                    None => Ok(frame.into_bytes()),
+                    Some(body) => Ok(frame.with_new_body(Bytes::from(body))),
+                    None => Ok(unchanged(frame)),
                 }
             }
-            _ => Ok(frame.into_bytes()),
+            _ => Ok(unchanged(frame)),
         }
     }
 }
@@ -326,7 +361,7 @@ impl FrameRewriter {
         &self,
         frame: RawFrame,
         ns: &Namespace,
-    ) -> Result<Bytes, HeaderError> {
+    ) -> Result<OutFrame, HeaderError> {
         let code = frame.code();
         if matches!(
             code,
@@ -340,7 +375,7 @@ impl FrameRewriter {
             request::CHECK_TRANSACTION_STATE | request::CONSUME_MESSAGE_DIRECTLY
         );
         if fields.is_empty() && !with_messages && code != request::RESET_CONSUMER_CLIENT_OFFSET {
-            return Ok(frame.into_bytes());
+            return Ok(unchanged(frame));
         }
         let mut header = Header::decode(frame.serialize_type(), frame.header_bytes())?;
         let mut changed = false;
@@ -374,11 +409,16 @@ impl FrameRewriter {
             }
         }
         Ok(if changed {
-            header.encode_frame(&body)
+            header.encode_split(body)
         } else {
-            frame.into_bytes()
+            unchanged(frame)
         })
     }
+}
+
+/// A frame that goes out as it came.
+fn unchanged(frame: RawFrame) -> OutFrame {
+    OutFrame::Whole(frame.into_bytes())
 }
 
 /// Request codes whose answer is a run of stored messages (pulls, message queries).

@@ -8,9 +8,10 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::acl::credentials::{CredentialStore, ReloadOutcome};
-use crate::acl::{sign_request, UniqueKeyRule};
+use crate::acl::{sign_request, sign_splice, UniqueKeyRule};
 use crate::config::UniqueKeyRuleSetting;
 use crate::metrics::Metrics;
+use crate::protocol::json_ext::ExtSplice;
 use crate::protocol::Header;
 use rmq_common::clock::now_ms;
 use rmq_common::Target;
@@ -155,6 +156,22 @@ impl Signer {
         match self.store.get() {
             Some(creds) => {
                 sign_request(header, body, &creds, self.rule());
+                self.metrics
+                    .signed_requests
+                    .with_label_values(&[self.target.as_str()])
+                    .inc();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// [`Signer::sign`] on a scanned JSON header (see [`ExtSplice`]); false when there
+    /// are no credentials (`ext` is then left as it was).
+    pub fn sign_splice(&self, ext: &mut ExtSplice<'_>, body: &[u8]) -> bool {
+        match self.store.get() {
+            Some(creds) => {
+                sign_splice(ext, body, &creds, self.rule());
                 self.metrics
                     .signed_requests
                     .with_label_values(&[self.target.as_str()])
