@@ -207,7 +207,8 @@ async fn a_switch_to_a_cluster_that_does_not_answer_is_refused_and_changes_nothi
         ),
         1.0
     );
-    // A name server that answers but lists a broker that refuses connections.
+    // A name server that answers, but the pod's topic there is on a broker that refuses
+    // connections.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
@@ -217,6 +218,10 @@ async fn a_switch_to_a_cluster_that_does_not_answer_is_refused_and_changes_nothi
     )]);
     let ns = support::FakeNameServer::start(routes).await;
     let state = core_with("", &ns.addr.to_string());
+    state
+        .ctx
+        .usage
+        .record_send("Elsewhere", "elsewhere-producer");
     let (status, doc) = call(&state, "PUT", "/route", r#"{"target":"new"}"#).await;
     assert_eq!(status, 409, "{doc}");
     let error = doc["error"].as_str().unwrap();

@@ -40,6 +40,8 @@ use reads::{BrokerReads, ClusterReads};
 
 /// Longest a whole evaluation may take; past it the gate refuses (fails closed).
 pub const DEADLINE: Duration = Duration::from_secs(60);
+/// Most of a role's topics whose brokers the reach check connects to.
+pub const REACH_TOPICS: usize = 8;
 /// Most consumer groups whose backlog is exported as metrics (the pod's own, name order).
 pub const MAX_BACKLOG_GROUPS: usize = 16;
 
@@ -74,8 +76,9 @@ pub enum GateName {
     BacklogDrained,
     /// Transactional producer groups keep heartbeating the cluster they leave.
     Transactions,
-    /// The cluster a role moves to answers: a name server, and every master broker it
-    /// lists. Checked before the others; while it refuses, the others are not read.
+    /// The cluster a role moves to answers: a name server, and every master broker of the
+    /// role's topics there. Checked before the others; while it refuses, the others are
+    /// not read.
     TargetReachable,
 }
 
@@ -386,20 +389,26 @@ async fn run<R: ClusterReads>(
     // First, can the pod use the cluster it moves to at all? A role sent to a cluster
     // whose name servers or brokers do not answer would stall there (a consumer move is
     // otherwise checked only against the cluster it leaves).
-    let mut reached: Vec<(Target, Result<String, reads::ReadError>)> = Vec::new();
     for role in [Role::Consumer, Role::Producer] {
         if from.get(role) == to.get(role) {
             continue;
         }
         let target = to.get(role);
-        let outcome = match reached.iter().find(|(t, _)| *t == target) {
-            Some((_, outcome)) => outcome.clone(),
-            None => {
-                let outcome = reads.reach(target).await;
-                reached.push((target, outcome.clone()));
-                outcome
-            }
+        // The role's own topics: their brokers are where the app will be sent.
+        let topics: Vec<String> = match role {
+            Role::Producer => facts.produced.keys().cloned().collect(),
+            Role::Consumer => facts
+                .consumed
+                .values()
+                .flatten()
+                .filter(|t| !t.starts_with('%'))
+                .cloned()
+                .collect::<BTreeSet<String>>()
+                .into_iter()
+                .collect(),
         };
+        let topics = &topics[..topics.len().min(REACH_TOPICS)];
+        let outcome = reads.reach(target, topics).await;
         let (passed, reason) = match outcome {
             Ok(detail) => (true, detail),
             Err(e) => (

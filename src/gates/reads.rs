@@ -132,8 +132,9 @@ pub trait ClusterReads {
         group: &str,
     ) -> Result<Vec<QueueStat>, ReadError>;
     /// Whether a pod could use `cluster` now: one of its name servers answers, and every
-    /// master broker it lists accepts a connection. `Ok` says what was reached.
-    async fn reach(&self, cluster: Target) -> Result<String, ReadError>;
+    /// master broker of `topics`' routes there (the addresses the app will be sent to)
+    /// accepts a connection. `Ok` says what was reached.
+    async fn reach(&self, cluster: Target, topics: &[String]) -> Result<String, ReadError>;
 }
 
 /// One open connection to a broker.
@@ -284,42 +285,43 @@ impl BrokerReads {
 }
 
 impl ClusterReads for BrokerReads {
-    async fn reach(&self, cluster: Target) -> Result<String, ReadError> {
-        let what = "the cluster's brokers (GET_BROKER_CLUSTER_INFO)";
-        let ns = &self.ctx.cluster(cluster).namesrv;
-        let unreachable = |addr: String, reason: String| ReadError::Unreachable {
-            what: what.to_owned(),
-            addr,
-            reason,
-        };
-        let mut header = Header::request(request::GET_BROKER_CLUSTER_INFO, 0);
-        header.version = OWN_VERSION;
-        let answer = match tokio::time::timeout(self.timeout, ns.call(&header, &[])).await {
-            Ok(Ok(Some(a))) => a,
-            Ok(Ok(None)) => return Err(unreachable(ns.addrs().join(";"), "no answer".into())),
-            Ok(Err(e)) => return Err(unreachable(ns.addrs().join(";"), e.to_string())),
-            Err(_) => {
-                let reason = format!("no answer within {} ms", self.timeout.as_millis());
-                return Err(unreachable(ns.addrs().join(";"), reason));
+    async fn reach(&self, cluster: Target, topics: &[String]) -> Result<String, ReadError> {
+        let what = "the cluster's brokers";
+        // The brokers the app will be sent to: its topics' routes there (through a 5.x
+        // Proxy, the Proxy itself; a cluster list would name brokers behind it).
+        let mut masters: Vec<(String, String)> = Vec::new();
+        for topic in topics {
+            for b in self.topic_queues(cluster, topic).await?.unwrap_or_default() {
+                if let Some(addr) = b.master {
+                    if !masters.iter().any(|(_, a)| *a == addr) {
+                        masters.push((b.broker_name, addr));
+                    }
+                }
             }
-        };
-        let code = answer.frame.code();
-        if code != response::SUCCESS {
-            // A name server that does not serve the cluster list (a 5.x Proxy) still
-            // answers: it is reachable, and its brokers are behind it.
-            return Ok(format!(
-                "name server {} answered (code {code}); it lists no brokers to try",
-                answer.addr
-            ));
         }
-        let masters = route::parse_lenient(&answer.frame.body())
-            .map(|info| admin::cluster_masters(&info))
-            .map_err(|e| unreachable(answer.addr.clone(), format!("unreadable answer: {e}")))?;
         if masters.is_empty() {
-            let reason =
-                "the name server lists no broker: a pod moved there could not send or consume"
-                    .to_owned();
-            return Err(unreachable(answer.addr, reason));
+            // None of the pod's topics there (or none recorded yet): a name server that
+            // answers at all is what can be checked.
+            let ns = &self.ctx.cluster(cluster).namesrv;
+            let mut header = Header::request(request::GET_BROKER_CLUSTER_INFO, 0);
+            header.version = OWN_VERSION;
+            let unreachable = |reason: String| ReadError::Unreachable {
+                what: "GET_BROKER_CLUSTER_INFO".to_owned(),
+                addr: ns.addrs().join(";"),
+                reason,
+            };
+            return match tokio::time::timeout(self.timeout, ns.call(&header, &[])).await {
+                Ok(Ok(Some(a))) => Ok(format!(
+                    "name server {} answered; no route of the pod's topics there to try brokers of",
+                    a.addr
+                )),
+                Ok(Ok(None)) => Err(unreachable("no answer".into())),
+                Ok(Err(e)) => Err(unreachable(e.to_string())),
+                Err(_) => Err(unreachable(format!(
+                    "no answer within {} ms",
+                    self.timeout.as_millis()
+                ))),
+            };
         }
         // Every master at once, each with the read timeout: a connect proves the address
         // the apps will be sent to takes connections (it is closed at once).
@@ -357,8 +359,7 @@ impl ClusterReads for BrokerReads {
             });
         }
         Ok(format!(
-            "name server {} answered; {} master broker(s) accept connections",
-            answer.addr,
+            "name servers answered; the {} master broker(s) of the pod's topics there accept connections",
             masters.len()
         ))
     }

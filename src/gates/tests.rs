@@ -35,6 +35,8 @@ struct Recorded {
     refuse_commits: bool,
     /// A 5.x Proxy: QUERY_TOPIC_CONSUME_BY_WHO not served on that cluster.
     no_by_who: HashSet<Target>,
+    /// The reach checks asked: (cluster, topics).
+    reached: Mutex<Vec<(Target, Vec<String>)>>,
 }
 
 fn queues(n: u32, addr: &str, name: &str) -> Vec<BrokerQueues> {
@@ -59,7 +61,8 @@ impl Recorded {
 }
 
 impl ClusterReads for Recorded {
-    async fn reach(&self, c: Target) -> Result<String, ReadError> {
+    async fn reach(&self, c: Target, topics: &[String]) -> Result<String, ReadError> {
+        self.reached.lock().unwrap().push((c, topics.to_vec()));
         self.check(c, "cluster info")?;
         Ok("reached".to_owned())
     }
@@ -439,6 +442,11 @@ async fn a_consumer_move_to_a_cluster_that_does_not_answer_is_refused() {
     let mut r = consumed_on_old(vec![stat("T", 50, 10, 0)], &["10.0.0.8@1"]);
     let e = evaluate(&r, &consumer_pod(), from, to, SwitchOptions::default()).await;
     assert!(e.allowed, "{}", e.refusal());
+    assert_eq!(
+        r.reached.lock().unwrap().clone(),
+        vec![(Target::New, vec!["T".to_owned()])],
+        "the brokers of the pod's own topics (not its retry topic) on the target"
+    );
     r.down.insert(Target::New);
     let e = evaluate(&r, &consumer_pod(), from, to, SwitchOptions::default()).await;
     assert!(!e.allowed);

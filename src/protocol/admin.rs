@@ -333,24 +333,6 @@ pub fn route_queues(route: &Value) -> Vec<BrokerQueues> {
     out
 }
 
-/// The master brokers (name, address) of a GET_BROKER_CLUSTER_INFO answer
-/// (`brokerAddrTable`: broker name -> `{"brokerAddrs":{"0":"ip:port",...}}`), in name order.
-/// A broker without a master (id 0) is left out.
-pub fn cluster_masters(info: &Value) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = info
-        .get("brokerAddrTable")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .filter_map(|(name, bd)| {
-            let addr = bd.get("brokerAddrs")?.get("0")?.as_str()?;
-            Some((name.clone(), addr.to_owned()))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// Rewrites a fastjson body whose maps are keyed by objects (`{{…}:v}`) into JSON whose
 /// keys are those objects' text as strings (`{"{…}":v}`). Other text is unchanged.
 pub fn quote_object_keys(text: &str) -> String {
@@ -516,22 +498,6 @@ mod tests {
             ("a", Some("10.0.0.1:10911"), 2)
         );
         assert_eq!((q[1].master.as_deref(), q[1].queues), (None, 8));
-    }
-
-    #[test]
-    fn cluster_masters_lists_each_broker_with_a_master() {
-        let info: Value = serde_json::from_str(
-            r#"{"brokerAddrTable":{"b":{"brokerName":"b","brokerAddrs":{"0":"10.0.0.3:10911"}},"a":{"brokerName":"a","brokerAddrs":{"0":"10.0.0.1:10911","1":"10.0.0.2:10911"}},"s":{"brokerName":"s","brokerAddrs":{"1":"10.0.0.4:10911"}}},"clusterAddrTable":{"C":["a","b","s"]}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            cluster_masters(&info),
-            vec![
-                ("a".to_owned(), "10.0.0.1:10911".to_owned()),
-                ("b".to_owned(), "10.0.0.3:10911".to_owned())
-            ]
-        );
-        assert!(cluster_masters(&serde_json::json!({"brokerAddrTable":{}})).is_empty());
     }
 
     #[test]
