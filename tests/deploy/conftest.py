@@ -3,7 +3,7 @@
 The binaries are $RMQ_SIDECAR_BIN / $RMQ_INJECTOR_BIN, else target/debug/rmq-sidecar and
 target/debug/rmq-injector after `cargo build --locked` (cargo rebuilds only what changed). Nothing here needs a RocketMQ cluster: the sidecar
 is pointed at an old name server that does not exist (127.0.0.1:1) and a new cluster that is
-a fake answering SUCCESS (deploy_support.FakeCluster, so switches to new pass the sidecar's
+a fake answering SUCCESS (deploy_support.FakeRocketMQ, so switches to new pass the sidecar's
 `target_reachable` gate), and serves its admin and health ports anyway (GET /ready is then 503).
 """
 

@@ -42,13 +42,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class FakeCluster:
+class FakeRocketMQ:
     """A RocketMQ name server and broker in one loopback listener, enough for the sidecar's
-    `target_reachable` gate: every request is answered SUCCESS, GET_BROKER_CLUSTER_INFO with
-    a cluster whose one master is this listener. Shared by every test sidecar as its `new`
+    `target_reachable` gate: a route query is answered TOPIC_NOT_EXIST (it has no topic),
+    GET_BROKER_CLUSTER_INFO with a cluster whose one master is this listener, everything
+    else SUCCESS. Shared by every test sidecar as its `new`
     cluster, so switches to new pass; `old` stays a name server that does not exist."""
 
-    _shared: "dict[str, FakeCluster]" = {}
+    _shared: "dict[str, FakeRocketMQ]" = {}
 
     def __init__(self):
         self.sock = socket.socket()
@@ -58,7 +59,7 @@ class FakeCluster:
         threading.Thread(target=self._accept, daemon=True).start()
 
     @classmethod
-    def shared(cls, name: str = "new") -> "FakeCluster":
+    def shared(cls, name: str = "new") -> "FakeRocketMQ":
         """One per name for the whole test session."""
         if name not in cls._shared:
             cls._shared[name] = cls()
@@ -82,10 +83,13 @@ class FakeCluster:
                 request = json.loads(frame[4:4 + header_len])
                 if request.get("flag", 0) & 2:  # oneway
                     continue
-                body = info if request.get("code") == 106 else b""
-                reply = json.dumps({"code": 0, "flag": 1, "opaque": request.get("opaque", 0),
-                                    "language": "JAVA", "version": 0,
-                                    "serializeTypeCurrentRPC": "JSON"}).encode()
+                code = request.get("code")
+                body = info if code == 106 else b""
+                reply = {"code": 0, "flag": 1, "opaque": request.get("opaque", 0), "language": "JAVA",
+                         "version": 0, "serializeTypeCurrentRPC": "JSON"}
+                if code == 105:  # it has no topic
+                    reply.update(code=17, remark="No topic route info in name server for the topic")
+                reply = json.dumps(reply).encode()
                 conn.sendall(struct.pack(">ii", 4 + len(reply) + len(body), len(reply)) + reply + body)
 
 
@@ -111,7 +115,7 @@ class SidecarProcess:
         (self.workdir / "secret-key").write_text(SECRET + "\n")
         env.update({
             "RMQ_SIDECAR_OLD_NAMESRV": "127.0.0.1:1",
-            "RMQ_SIDECAR_NEW_NAMESRV": FakeCluster.shared().addr,
+            "RMQ_SIDECAR_NEW_NAMESRV": FakeRocketMQ.shared().addr,
             "RMQ_SIDECAR_LISTEN": f"127.0.0.1:{self.namesrv_port}",
             "RMQ_SIDECAR_ADMIN": f"127.0.0.1:{self.admin_port}",
             "RMQ_SIDECAR_METRICS": f"127.0.0.1:{self.health_port}",

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 import fake_kubectl
-from deploy_support import REPO, FakeCluster, free_port
+from deploy_support import REPO, FakeRocketMQ, free_port
 from inject_support import CERT_SCRIPT, EXAMPLE_APP, Webhook, sidecar_of
 
 K8S = REPO / "deploy" / "kubernetes"
@@ -333,8 +333,8 @@ class PodSidecar:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RMQ_SIDECAR_")}
         env.update({
             # Fake clusters that answer: moves both ways pass the target_reachable gate.
-            "RMQ_SIDECAR_OLD_NAMESRV": FakeCluster.shared("old").addr,
-            "RMQ_SIDECAR_NEW_NAMESRV": FakeCluster.shared("new").addr,
+            "RMQ_SIDECAR_OLD_NAMESRV": FakeRocketMQ.shared("old").addr,
+            "RMQ_SIDECAR_NEW_NAMESRV": FakeRocketMQ.shared("new").addr,
             "RMQ_SIDECAR_LISTEN": f"127.0.0.1:{free_port()}", "RMQ_SIDECAR_ADMIN": f"127.0.0.1:{free_port()}",
             "RMQ_SIDECAR_METRICS": f"{pod_ip}:{HEALTH_PORT}", "RMQ_SIDECAR_STATE_DIR": str(workdir / "state"),
             "RMQ_SIDECAR_BROKER_BIND": f"127.63.{POD_IPS.index(pod_ip)}.0/24",

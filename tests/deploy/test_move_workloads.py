@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 import fake_kubectl
-from deploy_support import REPO, SidecarProcess, free_port
+from deploy_support import REPO, FakeRocketMQ, SidecarProcess, free_port
 
 SCRIPT = REPO / "scripts" / "rmq-move-workloads"
 FAKE = Path(__file__).resolve().parent / "fake_kubectl.py"
@@ -134,6 +134,13 @@ def assert_batches(calls: list[dict], batches: list[list[str]], to: str) -> None
             assert ok, f"pod {p} of batch {batch} did not confirm {to} before the next batch"
 
 
+def pod_env(podinfo: Path) -> dict:
+    """A pod sidecar's settings: its annotations file, and an old cluster that answers too
+    (a fake), so rollbacks to old pass the sidecar's target_reachable gate."""
+    return {"RMQ_SIDECAR_ANNOTATIONS_FILE": str(podinfo / "annotations"),
+            "RMQ_SIDECAR_OLD_NAMESRV": FakeRocketMQ.shared("old").addr}
+
+
 def sidecar_route(sc: SidecarProcess) -> dict:
     status, _, body = sc.request("GET", "/route", port=sc.health_port)
     assert status == 200, body
@@ -162,7 +169,7 @@ def fleet(sidecar_bin, tmp_path_factory):
             podinfo = root / "pods" / name / "podinfo"
             fake_kubectl.write_downward_api(podinfo, pod(labels[name])["annotations"])
             sc = SidecarProcess(sidecar_bin, root / "pods" / name / "sidecar",
-                                extra_env={"RMQ_SIDECAR_ANNOTATIONS_FILE": str(podinfo / "annotations")})
+                                extra_env=pod_env(podinfo))
             sidecars[name] = sc.start()
             pods[name] = pod(labels[name], podinfo=podinfo, port=sc.health_port)
         # Selected by orders-consumer but not moved: Pending, not injected, terminating.
@@ -342,8 +349,9 @@ def test_unconfirmed_pod_stops_the_run(sidecar_bin, tmp_path):
 
 def test_a_pod_whose_gates_refuse_stops_the_run_with_the_reason(sidecar_bin, tmp_path):
     # api-a's sidecar has seen its app produce to topic Orders (restored from its state dir),
-    # and the clusters answer nothing (closed ports): its consumers_on_target gate cannot read
-    # who consumes Orders, so it refuses (fails closed) and keeps the annotation pending.
+    # and old answers nothing (a closed port; new is the fake that answers): its
+    # consumers_on_target gate cannot read who consumes Orders on old, so it refuses (fails
+    # closed) and keeps the annotation pending.
     podinfo = tmp_path / "api-a" / "podinfo"
     labels = {"app": "api"}
     fake_kubectl.write_downward_api(podinfo, pod(labels)["annotations"])
@@ -493,7 +501,7 @@ def test_a_service_moves_its_consumers_first_and_its_producers_later(sidecar_bin
             podinfo = tmp_path / name / "podinfo"
             fake_kubectl.write_downward_api(podinfo, pod(labels)["annotations"])
             sc = SidecarProcess(sidecar_bin, tmp_path / name / "sidecar",
-                                extra_env={"RMQ_SIDECAR_ANNOTATIONS_FILE": str(podinfo / "annotations")})
+                                extra_env=pod_env(podinfo))
             sidecars[name] = sc.start()
             pods[name] = pod(labels, podinfo=podinfo, port=sc.health_port)
         cluster = FakeCluster(tmp_path / "cluster", {"deployment/svc": {"selector": {"matchLabels": labels}}},
