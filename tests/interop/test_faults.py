@@ -3,7 +3,7 @@
 One RocketMQ 4.9.7 cluster of two name servers (A, B) and two brokers (fault-a, fault-b), each
 broker registered with both (conftest ``PAIR_LAYOUT["faults"]``). Two keyed loads run on it
 for the whole module, each a producer (20 msg/s) and a consumer JVM of the official 4.9.8
-client with short timers (2 s route poll and heartbeat):
+client (or ``RMQ_FAULTS_CLIENT``) with short timers (2 s route poll and heartbeat):
 
 * **direct**: the client's name-server list is ``A;B``, as an app without a sidecar has it;
 * **sidecar**: the client's name server is the sidecar, whose ``old`` cluster is ``A;B`` and
@@ -27,13 +27,15 @@ test directory, never timed assertions. A switch under load (the other fault the
 is ``test_migration.py``, ``test_roles.py`` and ``test_guarded.py``: each switches producers
 and consumers while they run and accounts every key.
 
-Run: ``python3 -m pytest tests/interop/test_faults.py -v -rA``
+Run: ``python3 -m pytest tests/interop/test_faults.py -v -rA`` (``RMQ_FAULTS_CLIENT=5.3.3`` runs
+both loads on the 5.3.3 client instead of 4.9.8).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import re
 import signal
@@ -56,6 +58,8 @@ DOWN_S = 10.0
 RECOVER_S = 120.0
 #: A name server nothing listens on.
 CLOSED = "127.0.0.1:1"
+#: The official Java client of both loads (``RMQ_FAULTS_CLIENT=5.3.3`` for the 5.x client).
+CLIENT_VERSION = os.environ.get("RMQ_FAULTS_CLIENT", harness.OLD_CLIENT_VERSION)
 
 FIGURES: dict = {}
 
@@ -158,7 +162,8 @@ def load(pair_faults, run_dir, sidecar_binary):
             topic, group = f"Fault{name.title()}{tag}", f"FaultGroup{name.title()}{tag}"
             a.update_topic(topic, 4)  # on both brokers: the name server knows the whole cluster
             a.update_sub_group(group)
-            common = dict(namesrv=namesrv, topic=topic, workdir=test_dir, timers=harness.FAST_TIMERS)
+            common = dict(namesrv=namesrv, topic=topic, workdir=test_dir, timers=harness.FAST_TIMERS,
+                          client_version=CLIENT_VERSION)
             consumer = harness.Pod(f"{name}-consumer", "consumer", group=group, **common).start()
             producer = harness.Pod(f"{name}-producer", "producer", group=f"FaultProducer{name.title()}{tag}",
                                    rate=RATE, **common).start()
