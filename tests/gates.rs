@@ -72,6 +72,21 @@ fn metric(state: &AdminState, line_start: &str) -> f64 {
         .unwrap()
 }
 
+/// A 409 from `gate` whose error names every one of `needles`; the route is still old and
+/// the refusal was counted once.
+fn assert_refused(state: &AdminState, status: u16, doc: &Value, gate: &str, needles: &[&str]) {
+    assert_eq!(status, 409, "{doc}");
+    assert_eq!(doc["refused_by"], serde_json::json!([gate]));
+    let error = doc["error"].as_str().unwrap();
+    assert!(needles.iter().all(|n| error.contains(n)), "{error}");
+    assert_eq!(
+        state.route.current().targets(),
+        RoleTargets::both(rmq_common::Target::Old)
+    );
+    let counted = format!("rmq_sidecar_gate_refusals_total{{gate=\"{gate}\"}}");
+    assert_eq!(metric(state, &counted), 1.0);
+}
+
 #[tokio::test]
 async fn a_refused_switch_changes_nothing_and_says_why() {
     let state = core("").await;
@@ -91,26 +106,12 @@ async fn a_refused_switch_changes_nothing_and_says_why() {
 
     state.ctx.usage.record_send("Orders", "orders-producer");
     let (status, doc) = call(&state, "PUT", "/route", r#"{"producer":"new"}"#).await;
-    assert_eq!(status, 409, "{doc}");
-    assert_eq!(
-        doc["refused_by"],
-        serde_json::json!(["consumers_on_target"])
-    );
-    let error = doc["error"].as_str().unwrap();
-    assert!(
-        error.contains("fails closed") && error.contains("127.0.0.1:1"),
-        "{error}"
-    );
-    assert_eq!(
-        state.route.current().targets(),
-        RoleTargets::both(rmq_common::Target::Old)
-    );
-    assert_eq!(
-        metric(
-            &state,
-            r#"rmq_sidecar_gate_refusals_total{gate="consumers_on_target"}"#
-        ),
-        1.0
+    assert_refused(
+        &state,
+        status,
+        &doc,
+        "consumers_on_target",
+        &["fails closed", "127.0.0.1:1"],
     );
     // GET /route shows what the gates saw (checks[0]: new answered, target_reachable).
     let (_, route) = call(&state, "GET", "/route", "").await;
@@ -189,23 +190,12 @@ async fn a_switch_to_a_cluster_that_does_not_answer_is_refused_and_changes_nothi
     // stall on a cluster whose name server refuses connections.
     let state = core_with("", "127.0.0.1:2");
     let (status, doc) = call(&state, "PUT", "/route", r#"{"consumer":"new"}"#).await;
-    assert_eq!(status, 409, "{doc}");
-    assert_eq!(doc["refused_by"], serde_json::json!(["target_reachable"]));
-    let error = doc["error"].as_str().unwrap();
-    assert!(
-        error.contains("new is unreachable") && error.contains("127.0.0.1:2"),
-        "{error}"
-    );
-    assert_eq!(
-        state.route.current().targets(),
-        RoleTargets::both(rmq_common::Target::Old)
-    );
-    assert_eq!(
-        metric(
-            &state,
-            r#"rmq_sidecar_gate_refusals_total{gate="target_reachable"}"#
-        ),
-        1.0
+    assert_refused(
+        &state,
+        status,
+        &doc,
+        "target_reachable",
+        &["new is unreachable", "127.0.0.1:2"],
     );
     // A name server that answers, but the pod's topic there is on a broker that refuses
     // connections.

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::acl::credentials::{CredentialStore, ReloadOutcome};
-use crate::acl::{sign_request, sign_splice, UniqueKeyRule};
+use crate::acl::{sign_request, sign_splice, Credentials, UniqueKeyRule};
 use crate::config::UniqueKeyRuleSetting;
 use crate::metrics::Metrics;
 use crate::protocol::json_ext::ExtSplice;
@@ -153,33 +153,26 @@ impl Signer {
 
     /// Signs `header` with the current credentials; false when there are none.
     pub fn sign(&self, header: &mut Header, body: &[u8]) -> bool {
-        match self.store.get() {
-            Some(creds) => {
-                sign_request(header, body, &creds, self.rule());
-                self.metrics
-                    .signed_requests
-                    .with_label_values(&[self.target.as_str()])
-                    .inc();
-                true
-            }
-            None => false,
-        }
+        self.signing(|creds, rule| sign_request(header, body, creds, rule))
     }
 
     /// [`Signer::sign`] on a scanned JSON header (see [`ExtSplice`]); false when there
     /// are no credentials (`ext` is then left as it was).
     pub fn sign_splice(&self, ext: &mut ExtSplice<'_>, body: &[u8]) -> bool {
-        match self.store.get() {
-            Some(creds) => {
-                sign_splice(ext, body, &creds, self.rule());
-                self.metrics
-                    .signed_requests
-                    .with_label_values(&[self.target.as_str()])
-                    .inc();
-                true
-            }
-            None => false,
-        }
+        self.signing(|creds, rule| sign_splice(ext, body, creds, rule))
+    }
+
+    /// Runs `sign` with the current credentials and counts it; false when there are none.
+    fn signing(&self, sign: impl FnOnce(&Credentials, UniqueKeyRule)) -> bool {
+        let Some(creds) = self.store.get() else {
+            return false;
+        };
+        sign(&creds, self.rule());
+        self.metrics
+            .signed_requests
+            .with_label_values(&[self.target.as_str()])
+            .inc();
+        true
     }
 
     /// Inspects a broker or name-server answer to a signed request; logs and counts ACL
