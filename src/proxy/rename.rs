@@ -169,29 +169,26 @@ impl FrameRewriter {
         } else {
             &["bname"]
         };
-        // Decide per frame, from its bytes, whether anything changes: without credentials to
-        // sign with, a JSON request that names no prefixed broker goes as it came, undecoded.
-        if self.signer.is_none()
+        // A JSON request whose only possible changes are broker names in ext fields and
+        // the signature (no namespace, no names in its body).
+        let ext_only = frame.serialize_type() == SerializeType::Json
             && ns_fields.is_empty()
             && !ns_body
             && ns_props.is_none()
-            && frame.serialize_type() == SerializeType::Json
-            && !matches!(code, request::LOCK_BATCH_MQ | request::UNLOCK_BATCH_MQ)
+            && !matches!(code, request::LOCK_BATCH_MQ | request::UNLOCK_BATCH_MQ);
+        // Decide per frame, from its bytes, whether anything changes: without credentials to
+        // sign with, such a request that names no prefixed broker goes as it came, undecoded.
+        if self.signer.is_none()
+            && ext_only
             && !keys
                 .iter()
                 .any(|k| json_ext_starts_with(frame.header_bytes(), k, self.renamer.prefix()))
         {
             return Ok(unchanged(frame));
         }
-        // A JSON request whose only changes are broker names in ext fields and the
-        // signature is scanned and spliced, never decoded, and its body goes out as it came
-        // (headers the scanner does not read are decoded below).
-        if frame.serialize_type() == SerializeType::Json
-            && ns_fields.is_empty()
-            && !ns_body
-            && ns_props.is_none()
-            && !matches!(code, request::LOCK_BATCH_MQ | request::UNLOCK_BATCH_MQ)
-        {
+        // Otherwise it is scanned and spliced, never decoded, and its body goes out as it
+        // came (headers the scanner does not read are decoded below).
+        if ext_only {
             let body = frame.body();
             let spliced = ExtSplice::scan(frame.header_bytes()).map(|mut ext| {
                 for key in keys {
